@@ -15,9 +15,5 @@ class ConfigError(AupguardError):
         super().__init__("\n".join(errors))
 
 
-class ListRejected(AupguardError):
+class ListRejected(AupguardError):  # noqa: N818  (names the outcome an admin sees)
     """A category list failed to parse or exceeded its error budget; the last good index stays."""
-
-
-class ReloadFailed(AupguardError):
-    """A reload was refused; the running policy and lists are unchanged."""
