@@ -1,0 +1,80 @@
+"""The running engine and its one reload path (startup, SIGHUP and `aupguard lists update`).
+
+Reload is transactional: config and lists are loaded into a *new* Engine off to the side;
+only when that succeeds does one reference assignment swap it in. In-flight decisions keep
+the Engine they started with. A failed reload keeps the last good engine and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from agent.errors import AupguardError
+from agent.pipeline import Engine
+
+log = structlog.get_logger("aupguard.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: whether it swapped, the revision in force and why it failed."""
+
+    ok: bool
+    revision: str
+    error: str | None = None
+
+
+class Runtime:
+    """Holds the current Engine; `engine` is read lock-free on every decision."""
+
+    def __init__(self, config_path: Path | None, engine: Engine | None = None) -> None:
+        self.config_path = config_path
+        self.engine = engine if engine is not None else Engine.load(config_path)
+        self.loaded_at = time.time()
+        self.reloads = 0
+        self.failed_reloads = 0
+        self.last_error: str | None = None
+        self._listeners: list[Callable[[Engine], None]] = []
+        self._lock = threading.Lock()
+
+    def on_reload(self, listener: Callable[[Engine], None]) -> None:
+        """Call `listener(new_engine)` after every successful swap."""
+        self._listeners.append(listener)
+
+    def reload(self) -> ReloadResult:
+        """Load config and lists anew; swap only on success."""
+        with self._lock:
+            try:
+                fresh = Engine.load(self.config_path)
+            except (AupguardError, OSError, ValueError) as e:
+                self.failed_reloads += 1
+                self.last_error = str(e)
+                log.error("reload_failed", keeping=self.engine.revision, error=str(e))  # noqa: TRY400  (the message is the point, not a traceback)
+                return ReloadResult(ok=False, revision=self.engine.revision, error=str(e))
+            old, self.engine = self.engine, fresh
+            self.reloads += 1
+            self.loaded_at = time.time()
+            self.last_error = None
+        log.info("reloaded", revision=fresh.revision, previous=old.revision)
+        for listener in self._listeners:
+            listener(fresh)
+        return ReloadResult(ok=True, revision=fresh.revision)
+
+    def install_sighup(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Reload on SIGHUP: from the event loop (in a worker thread) or a plain handler."""
+        if loop is not None:
+
+            def _reload_in_thread() -> None:
+                loop.run_in_executor(None, self.reload)
+
+            loop.add_signal_handler(signal.SIGHUP, _reload_in_thread)
+        else:
+            signal.signal(signal.SIGHUP, lambda _sig, _frame: self.reload())
