@@ -58,6 +58,7 @@ def _classify_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host-only", action="store_true", help="decide as the DNS filter would")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--records", type=Path, default=None, help="also append the decision record")
     _config_arg(p)
 
 
@@ -81,6 +82,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"aupguard classify: {args.url!r}: {e}", file=sys.stderr)
         return 2
+    if args.records is not None:
+        _write_record(engine, ev, now, args.records)
     d = ev.decision
     at = dt.datetime.fromtimestamp(now, zone).isoformat(timespec="seconds")
     out: dict[str, Any] = {
@@ -135,6 +138,22 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for m in d.classification.overridden:
         print(f"{'overridden':<15} {m.describe()}")
     return 0
+
+
+def _write_record(engine: Any, ev: Any, now: float, path: Path) -> None:
+    """Append the decision's record to `path` through the same writer the services use."""
+    from agent.records import JsonLinesFileSink, RecordWriter, build_record  # noqa: PLC0415
+
+    record = build_record(
+        request=ev.request,
+        client=ev.client,
+        decision=ev.decision,
+        now=now,
+        policy_rev=engine.revision,
+        notice=engine.notice,
+    )
+    with RecordWriter([JsonLinesFileSink(path)]) as writer:
+        writer.write(record)
 
 
 def _match(m: Any) -> dict[str, Any]:
@@ -240,6 +259,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "agent.gateway",
     "agent.status",
     "agent.updates",
+    "agent.proxy",
 )
 
 

@@ -92,3 +92,16 @@ def test_python_dash_m() -> None:
     proc = subprocess.run([sys.executable, "-m", "agent", "--version"], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0
     assert proc.stdout.startswith("aupguard ")
+
+
+def test_classify_writes_the_record(tmp_path: Path) -> None:
+    """`classify --records FILE` appends one ECS record stamped with the notice version."""
+    out = tmp_path / "records.jsonl"
+    proc = run("classify", "https://mail.yahoo.com/?password=hunter2", "--client", "10.20.1.5", "--records", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = out.read_text().splitlines()
+    record = json.loads(line)
+    assert record["event"]["action"] == "block"
+    assert record["aupguard"]["notice_version"].startswith("sha256:")
+    assert "hunter2" not in line
+    assert out.stat().st_mode & 0o777 == 0o640
