@@ -200,6 +200,16 @@ class DnsSection:
     block_mode: BlockMode = BlockMode.NXDOMAIN
     block_ttl: int = 60
     records: DnsRecords = DnsRecords.DEFAULT
+    blockpage_ipv4: str | None = None  # the block-page server (block_mode: blockpage)
+    blockpage_ipv6: str | None = None
+    upstream_timeout: float = 1.5  # seconds per upstream attempt
+    rate_limit: int = 1000  # queries per second per client address; 0 turns it off
+    cache_size: int = 100_000  # cached answers
+    cache_min_ttl: int = 0
+    cache_max_ttl: int = 86_400
+    negative_ttl: int = 300  # cap on caching NXDOMAIN/NODATA (RFC 2308)
+    tcp_idle_timeout: float = 10.0  # seconds a TCP client may stay silent
+    tcp_max_connections: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +254,21 @@ class RecordsSection:
     notice: NoticeConfig = field(default_factory=NoticeConfig)
     file: Path | None = None
     queue_size: int = 10_000
+    # rotation and retention (agent.rotation); 0 disables a limit
+    rotate_bytes: int = 100_000_000
+    rotate_seconds: int = 86_400
+    retention_days: int = 0
+    group: str | None = None
+    # tamper evidence (agent.chain): hex key file kept off the record directory
+    chain_key_file: Path | None = None
+    chain_head_interval: float = 60.0
+    # shipping (agent.shipping): "host:port" of the collector; tls needs syslog_ca_file
+    syslog: str | None = None
+    syslog_tls: bool = False
+    syslog_ca_file: Path | None = None
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 1_000_000_000
+    spool_full: str = "drop"  # drop | fail_closed
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,123 @@
+"""Prometheus metrics every service imports, and the endpoint that serves them.
+
+Under `aupguard run` each service is its own process: the supervisor sets
+PROMETHEUS_MULTIPROC_DIR before starting them, each child writes its values there, and the
+supervisor's endpoint serves their sum (prometheus_client multiprocess mode). A service run
+on its own serves its in-process registry with `serve()`.
+List age and size are computed at scrape time by `ListCollector` (no process has to keep
+them current). Labels are low-cardinality: `reason_label`-style values, never hosts or users.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+DECISIONS = Counter(
+    "aupguard_decisions",
+    "Decisions by enforcement point, action and category.",
+    ["source", "action", "category"],
+)
+DNS_QUERIES = Counter("aupguard_dns_queries", "DNS queries answered, by result.", ["result"])
+HTTP_REQUESTS = Counter("aupguard_http_requests", "Proxy requests seen, by scheme.", ["scheme"])
+UPSTREAM_LATENCY = Histogram(
+    "aupguard_upstream_latency_seconds",
+    "Time to the upstream's answer (DNS resolver or origin server).",
+    ["source"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+THROTTLED_BYTES = Counter("aupguard_throttled_bytes", "Bytes delivered under a throttle.")
+BYPASS_ATTEMPTS = Counter(
+    "aupguard_bypass_attempts", "Refused bypass attempts (QUIC, DoT, DoH).", ["kind"]
+)
+SPOOL_DEPTH = Gauge(
+    "aupguard_records_spool_depth", "Records waiting to be shipped.", multiprocess_mode="livesum"
+)
+RELOADS = Counter("aupguard_reloads", "Config/list reloads by result.", ["result"])
+
+
+class ListCollector(Collector):
+    """`aupguard_list_age_seconds` and `aupguard_list_entries` per category, read at scrape."""
+
+    def __init__(self, sources: Callable[[], Iterable[tuple[str, Path]]]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        """Newest file age and summed non-comment lines of each category's list files."""
+        age = GaugeMetricFamily(
+            "aupguard_list_age_seconds",
+            "Seconds since the category's newest list file changed.",
+            labels=["category"],
+        )
+        size = GaugeMetricFamily(
+            "aupguard_list_entries", "Entries in the category's list files.", labels=["category"]
+        )
+        ages: dict[str, float] = {}
+        sizes: dict[str, int] = {}
+        from agent.status import count_entries  # noqa: PLC0415  (status imports the CLI)
+
+        for category, path in self.sources():
+            try:
+                mtime = path.stat().st_mtime
+                entries = count_entries(path)
+            except OSError:
+                continue
+            ages[category] = min(ages.get(category, float("inf")), time.time() - mtime)
+            sizes[category] = sizes.get(category, 0) + entries
+        for category in sorted(ages):
+            age.add_metric([category], ages[category])
+            size.add_metric([category], sizes[category])
+        yield age
+        yield size
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`127.0.0.1:9108` or `[::1]:9108` -> (host, port); ValueError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{listen!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:9108")
+    return host.strip("[]"), int(port)
+
+
+def serve(listen: str, registry: CollectorRegistry = REGISTRY) -> int:
+    """Serve `registry` at http://listen/metrics in a daemon thread; the bound port."""
+    host, port = split_listen(listen)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_address[1])
+
+
+def serve_multiprocess(listen: str, directory: Path, *extra: Collector) -> int:
+    """Empty `directory`, point children at it (env) and serve their sum plus `extra`."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700, parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    for collector in extra:
+        registry.register(collector)
+    return serve(listen, registry)
+
+
+def mark_dead(pid: int) -> None:
+    """Drop a dead child's live gauges (call when the supervisor reaps it)."""
+    from prometheus_client import multiprocess  # noqa: PLC0415
+
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
