@@ -1,0 +1,135 @@
+"""Record files with size/time rotation and retention: a RecordSink for `RecordWriter`.
+
+The active file keeps its name (`records.jsonl`); a full or old file is fsynced and renamed
+to `records-20261123T131800Z-0000.jsonl` (the counter orders a clash), so `ls` lists a
+rotation set oldest first. Files are created 0640 whatever the umask, and given to the
+reviewers' `group` when one is configured. Rotated files older than `retention_days`
+(by modification time, i.e. their newest record) are deleted at each rotation and on open.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.records import JsonLinesFileSink
+
+__all__ = ["RotatingFileSink", "rotated_files"]
+
+MODE = 0o640
+DAY = 86_400
+
+
+def rotated_files(active: str | os.PathLike[str]) -> list[Path]:
+    """The rotated files of `active`, oldest first, then `active` itself if it exists."""
+    p = Path(active)
+    files = sorted(p.parent.glob(f"{p.stem}-*{p.suffix}"))
+    return [*files, p] if p.exists() else files
+
+
+def _gid(group: str | None) -> int:
+    if group is None:
+        return -1
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"records.group: no such group {group!r}") from None
+
+
+class RotatingFileSink:
+    """JSON-lines file sink that rotates by size (`max_bytes`) and age (`max_seconds`).
+
+    Age rotation is aligned: records in one file share a `max_seconds` window of UTC time
+    (daily files with the default), also across restarts. 0 disables a limit.
+    """
+
+    def __init__(  # noqa: PLR0913 keyword-only settings with defaults
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = 100_000_000,
+        max_seconds: int = DAY,
+        retention_days: int = 0,
+        group: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self._max_bytes = max_bytes
+        self._max_seconds = max_seconds
+        self._retention = retention_days
+        self._gid = _gid(group)
+        self._clock = clock
+        self.rotations = 0
+        self.deleted = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._sink, self._size, self._window = self._open()
+        self._expire()
+
+    def _bucket(self, t: float) -> int:
+        return int(t // self._max_seconds) if self._max_seconds > 0 else 0
+
+    def _open(self) -> tuple[JsonLinesFileSink, int, int]:
+        existed = self.path.exists()
+        sink = JsonLinesFileSink(self.path, mode=MODE)
+        st = self.path.stat()
+        if self._gid >= 0 and st.st_gid != self._gid:
+            os.chown(self.path, -1, self._gid)
+            self.path.chmod(MODE)  # chown may clear bits on some systems; keep 0640
+        window = self._bucket(st.st_mtime if existed and st.st_size else self._clock())
+        return sink, st.st_size, window
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Append the batch, rotating first when the file is full or its window has passed."""
+        if not lines:
+            return
+        if self._size and (
+            self._bucket(self._clock()) != self._window
+            or (self._max_bytes > 0 and self._size >= self._max_bytes)
+        ):
+            self.rotate()
+        self._sink.write_lines(lines)
+        self._size = self.path.stat().st_size
+
+    def rotate(self) -> Path:
+        """Close the active file, rename it with its UTC time, open a new one; the new name."""
+        self._sink.close()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        for n in range(10_000):  # the counter keeps names unique and in `ls` order
+            target = self.path.with_name(f"{self.path.stem}-{stamp}-{n:04d}{self.path.suffix}")
+            if not target.exists():
+                break
+        self.path.rename(target)
+        _fsync_dir(self.path.parent)
+        self.rotations += 1
+        self._sink, self._size, self._window = self._open()
+        self._expire()
+        return target
+
+    def _expire(self) -> None:
+        """Delete rotated files whose newest record is older than the retention period."""
+        if self._retention <= 0:
+            return
+        limit = self._clock() - self._retention * DAY
+        for p in rotated_files(self.path)[:-1]:
+            if p.stat().st_mtime < limit:
+                p.unlink()
+                self.deleted += 1
+
+    def flush(self) -> None:
+        """Flush and fsync the active file."""
+        self._sink.flush()
+
+    def close(self) -> None:
+        """Flush, fsync and close the active file."""
+        self._sink.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,414 @@
+"""Records to the agency collector: RFC 5424 syslog over TCP or TLS, with an on-disk spool.
+
+`SyslogSink` is a RecordSink (it runs on the record writer's thread, never on the DNS or
+request path). Each record line is one RFC 5424 message with octet-counting framing
+(RFC 6587 3.4.1, the framing RFC 5425 mandates for TLS).
+
+Nothing lost: plain TCP gives no acknowledgment, so the sink keeps the last `resend_bytes`
+of sent lines; when the connection turns out dead (peer closed, send error or timeout) they
+go back to the spool ahead of new lines and are sent again after the reconnect. Records keep
+their `event.id`, so the collector (or a reviewer) recognises the duplicates. While the
+collector is unreachable, lines go to a bounded spool file (0640) and are delivered in order
+when it returns. At `near_full` of the spool a loud warning is logged and counted; when it is
+full the `SpoolFull` policy applies: DROP counts what was dropped and sends a
+`records-dropped` record once the spool drains; FAIL_CLOSED additionally sets `fail_closed`,
+an Event enforcement points read to block until the spool has drained.
+RELP is not used: see docs/records-ops.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.chain import ChainSink, load_key, resume_head
+from agent.logs import get_logger
+from agent.metrics import SPOOL_DEPTH
+from agent.records import dropped_record, format_timestamp
+from agent.rotation import RotatingFileSink, rotated_files
+
+if TYPE_CHECKING:
+    from agent.config import RecordsSection
+    from agent.records import RecordSink
+
+__all__ = ["Spool", "SpoolFull", "SyslogSink", "frame", "record_sinks", "tls_context"]
+
+_log = get_logger(__name__)
+_ENCODE_BATCH = 1000
+_MAX_RETRY = 30.0
+
+
+class SpoolFull(enum.StrEnum):
+    """What happens to records when the spool is full."""
+
+    DROP = "drop"
+    FAIL_CLOSED = "fail_closed"
+
+
+def frame(message: str) -> bytes:
+    """One octet-counted frame: `LEN SP MSG`."""
+    data = message.encode()
+    return b"%d %s" % (len(data), data)
+
+
+class Spool:
+    """A bounded FIFO of record lines in one file; read from an in-memory offset.
+
+    After a crash the offset is lost and the whole file is sent again (duplicates, not loss).
+    Once full it accepts nothing until it has drained, so what it holds stays in order.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        os.fchmod(fd, 0o640)
+        self._file = os.fdopen(fd, "a+b")
+        self._file.seek(0, os.SEEK_END)
+        self.size = self._file.tell()
+        self.offset = 0
+        self.count = self._count_lines()
+        self.consumed = 0
+        self.full = False
+
+    @property
+    def pending(self) -> bool:
+        """True while lines wait to be sent."""
+        return self.offset < self.size
+
+    def append(self, lines: list[str]) -> int:
+        """Append lines in order until full; the number accepted."""
+        accepted = 0
+        chunks: list[bytes] = []
+        for line in lines:
+            data = line.encode() + b"\n"
+            if self.full or self.size + len(data) > self.max_bytes:
+                self.full = True
+                break
+            chunks.append(data)
+            self.size += len(data)
+            accepted += 1
+        self.count += accepted
+        if chunks:
+            self._file.write(b"".join(chunks))
+            self._file.flush()
+        return accepted
+
+    @property
+    def depth(self) -> int:
+        """Lines waiting to be sent."""
+        return self.count - self.consumed
+
+    def advance(self, offset: int, lines: int) -> None:
+        """Mark `lines` more lines, up to `offset`, as sent."""
+        self.offset = offset
+        self.consumed += lines
+
+    def rewind(self) -> None:
+        """Send everything again from the start (the connection died while draining)."""
+        self.offset = self.consumed = 0
+
+    def _count_lines(self) -> int:
+        self._file.seek(0)
+        n = sum(chunk.count(b"\n") for chunk in iter(lambda: self._file.read(1 << 20), b""))
+        self._file.seek(0, os.SEEK_END)
+        return n
+
+    def read(self, max_bytes: int) -> tuple[list[str], int]:
+        """Up to about `max_bytes` of whole lines from the offset, and the offset after them."""
+        self._file.seek(self.offset)
+        data = self._file.read(max_bytes)
+        end = data.rfind(b"\n") + 1
+        if end == 0 and data:  # one line longer than max_bytes
+            data += self._file.readline()
+            end = len(data)
+        return data[:end].decode().splitlines(), self.offset + end
+
+    def clear(self) -> None:
+        """Empty the spool after everything was sent."""
+        self._file.truncate(0)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.size = self.offset = self.count = self.consumed = 0
+        self.full = False
+
+    def sync(self) -> None:
+        """Make the spooled lines durable."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Sync and close the file; unsent lines stay for the next start."""
+        if not self._file.closed:
+            self.sync()
+            self._file.close()
+
+
+def _dead(sock: socket.socket, timeout: float) -> bool:
+    """True when the collector closed or failed the connection (a collector never speaks)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    if not readable:
+        return False
+    if not isinstance(sock, ssl.SSLSocket):
+        return True
+    sock.settimeout(0.0)  # TLS 1.3 session tickets make the socket readable: consume them
+    try:
+        return sock.recv(1) == b""
+    except ssl.SSLWantReadError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.settimeout(timeout)
+
+
+class SyslogSink:
+    """RecordSink shipping lines as RFC 5424 messages to `host:port`, spooling when it must.
+
+    `tls` is an `ssl.SSLContext` (RFC 5425) verifying the collector against a CA file;
+    `server_name` is the name in its certificate. Counters: `sent`, `spooled`, `resent`,
+    `dropped`, `near_full_alerts`, `reconnects`.
+    """
+
+    def __init__(  # noqa: PLR0913 keyword-only settings with defaults
+        self,
+        host: str,
+        port: int,
+        *,
+        spool: Spool,
+        policy: SpoolFull = SpoolFull.DROP,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+        near_full: float = 0.8,
+        resend_bytes: int = 16 << 20,
+        retry_seconds: float = 1.0,
+        timeout: float = 5.0,
+        drain_bytes: int = 4 << 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.address = (host, port)
+        self.spool = spool
+        self.policy = policy
+        self._tls, self._server_name = tls, server_name or host
+        self._near_full = int(spool.max_bytes * near_full)
+        self._resend_bytes, self._retry, self._timeout = resend_bytes, retry_seconds, timeout
+        self._drain_bytes, self._clock = drain_bytes, clock
+        self._header = f"<134>1 %s {socket.gethostname()} aupguard {os.getpid()} decision - "
+        self._sock: socket.socket | None = None
+        self._recent: deque[str] = deque()
+        self._recent_size = 0
+        self._next_try = 0.0
+        self._delay = retry_seconds
+        self._alerted = False
+        self.fail_closed = threading.Event()
+        self.sent = self.spooled = self.resent = self.dropped = self._reported = 0
+        self.near_full_alerts = self.reconnects = 0
+
+    # --- connection -------------------------------------------------------------------
+
+    def _connect(self, *, force: bool = False) -> bool:
+        """Connect unless connected; retries back off from `retry_seconds` to 30 s unless forced."""
+        if self._sock is not None and not _dead(self._sock, self._timeout):
+            return True
+        if self._sock is not None:
+            self._lost("collector closed the connection")
+        now = self._clock()
+        if not force and now < self._next_try:
+            return False
+        self._next_try = now + self._delay
+        self._delay = min(self._delay * 2, _MAX_RETRY)
+        sock: socket.socket | None = None
+        try:
+            sock = socket.create_connection(self.address, timeout=self._timeout)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self._server_name)
+        except OSError as e:
+            if sock is not None:
+                sock.close()
+            _log.warning("records.syslog_unreachable", address=self.address, error=str(e))
+            return False
+        self._sock = sock
+        self._delay = self._retry
+        self.reconnects += 1
+        return True
+
+    def _lost(self, why: str) -> None:
+        """Close a dead connection; lines it may have swallowed go back to the spool."""
+        _log.warning("records.syslog_lost", address=self.address, reason=why,
+                     resend=len(self._recent))  # fmt: skip
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        recent = list(self._recent)
+        self._recent.clear()
+        self._recent_size = 0
+        if self.spool.offset > 0:  # died while draining: send the spool again from its start
+            self.resent += len(recent)
+            self.spool.rewind()
+        elif recent:
+            self.resent += len(recent)
+            self._to_spool(recent)
+
+    def _send(self, lines: list[str]) -> bool:
+        """Send framed messages; remember them for a resend; False after a failure."""
+        if self._sock is None:
+            return False
+        header = self._header % format_timestamp(time.time())
+        try:
+            for i in range(0, len(lines), _ENCODE_BATCH):
+                chunk = lines[i : i + _ENCODE_BATCH]
+                self._sock.sendall(b"".join(frame(header + line) for line in chunk))
+        except OSError as e:  # includes timeouts and TLS errors
+            self._lost(str(e) or type(e).__name__)
+            return False
+        self.sent += len(lines)
+        self._remember(lines)
+        return True
+
+    def _remember(self, lines: list[str]) -> None:
+        self._recent.extend(lines)
+        self._recent_size += sum(len(line) for line in lines)
+        while self._recent_size > self._resend_bytes and len(self._recent) > 1:
+            self._recent_size -= len(self._recent.popleft())
+
+    # --- spool ------------------------------------------------------------------------
+
+    def _to_spool(self, lines: list[str]) -> None:
+        accepted = self.spool.append(lines)
+        self.spooled += accepted
+        if not self._alerted and self.spool.size >= self._near_full:
+            self._alerted = True
+            self.near_full_alerts += 1
+            _log.error("records.spool_near_full", spool=str(self.spool.path),
+                       size=self.spool.size, max_bytes=self.spool.max_bytes)  # fmt: skip
+        lost = len(lines) - accepted
+        if lost:
+            self.dropped += lost
+            if self.policy is SpoolFull.FAIL_CLOSED and not self.fail_closed.is_set():
+                self.fail_closed.set()
+                _log.critical("records.fail_closed", spool=str(self.spool.path))
+            _log.error("records.spool_full", dropped=lost, dropped_total=self.dropped,
+                       policy=str(self.policy))  # fmt: skip
+
+    def _drain(self, budget: int) -> bool:
+        """Send up to `budget` bytes of the spool; True once it is empty."""
+        while self.spool.pending and budget > 0:
+            lines, end = self.spool.read(min(budget, self._drain_bytes))
+            budget -= end - self.spool.offset
+            if not self._send(lines):
+                return False
+            self.spool.advance(end, len(lines))
+        if self.spool.pending:
+            return False
+        if self.spool.size:
+            self.spool.clear()
+            self._alerted = False
+            if self.fail_closed.is_set():
+                self.fail_closed.clear()
+                _log.warning("records.fail_closed_cleared", spool=str(self.spool.path))
+        return self._report_drops()
+
+    def _report_drops(self) -> bool:
+        count = self.dropped - self._reported
+        if count <= 0:
+            return True
+        record = dropped_record(count, self.dropped, time.time())
+        record["event"]["reason"] = f"{count} records dropped: the syslog spool was full"
+        if self._send([_json(record)]):
+            self._reported += count
+            return True
+        return False
+
+    # --- RecordSink -------------------------------------------------------------------
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Send the batch, or spool it behind what is already waiting."""
+        if not lines:
+            return
+        if not (self._connect() and self._drain(self._drain_bytes) and self._send(lines)):
+            self._to_spool(lines)
+        SPOOL_DEPTH.set(self.spool.depth)
+
+    def flush(self) -> None:
+        """Deliver the whole spool if the collector is reachable; make the spool durable."""
+        if self._connect(force=True):
+            self._drain(1 << 62)
+        self.spool.sync()
+        SPOOL_DEPTH.set(self.spool.depth)
+
+    def close(self) -> None:
+        """Flush and close; undelivered lines stay in the spool for the next start."""
+        self.flush()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.spool.close()
+
+
+def _json(record: dict[str, object]) -> str:
+    return json.dumps(record, separators=(",", ":"))
+
+
+def tls_context(ca_file: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A client context trusting only `ca_file`, TLS 1.2 or newer, verifying the host name."""
+    ctx = ssl.create_default_context(cafile=os.fspath(ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _syslog_sink(section: RecordsSection) -> SyslogSink | None:
+    if section.syslog is None:
+        return None
+    host, _, port = section.syslog.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"records.syslog: {section.syslog!r}: expected host:port")
+    if section.spool_dir is None:
+        raise ValueError("records.spool_dir: required with records.syslog")
+    if section.spool_full not in set(SpoolFull):
+        raise ValueError(
+            f"records.spool_full: {section.spool_full!r}: expected drop or fail_closed"
+        )
+    tls = None
+    if section.syslog_tls:
+        if section.syslog_ca_file is None:
+            raise ValueError("records.syslog_ca_file: required with records.syslog_tls")
+        tls = tls_context(section.syslog_ca_file)
+    spool = Spool(section.spool_dir / "syslog.spool", section.spool_max_bytes)
+    return SyslogSink(host.strip("[]"), int(port), spool=spool, tls=tls,
+                      policy=SpoolFull(section.spool_full))  # fmt: skip
+
+
+def record_sinks(section: RecordsSection) -> tuple[list[RecordSink], SyslogSink | None]:
+    """The sinks `records:` configures, for `RecordWriter`: files (rotated, chained) and syslog.
+
+    The syslog sink also receives the chain heads, and its `fail_closed` Event is what
+    enforcement points read. ValueError names a bad key.
+    """
+    syslog = _syslog_sink(section)
+    files: list[RecordSink] = []
+    if section.file is not None:
+        files.append(RotatingFileSink(
+            section.file, max_bytes=section.rotate_bytes, max_seconds=section.rotate_seconds,
+            retention_days=section.retention_days, group=section.group))  # fmt: skip
+    downstream = [*files, *([syslog] if syslog else [])]
+    if section.chain_key_file is None or not downstream:
+        return downstream, syslog
+    head = resume_head(rotated_files(section.file)) if section.file is not None else None
+    chain = ChainSink(load_key(section.chain_key_file), downstream, head=head,
+                      head_sinks=[syslog] if syslog else [],
+                      head_interval=section.chain_head_interval)  # fmt: skip
+    return [chain], syslog

@@ -1,0 +1,206 @@
+"""Record chain: every tampering of record files is reported at the first bad record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.chain import (
+    ChainHead,
+    ChainSink,
+    generate_key,
+    load_key,
+    read_head,
+    read_last_head,
+    verify,
+)
+from agent.logcheck import _args, cmd_logs
+from agent.records import MemorySink
+
+KEY = bytes(range(32))
+Files = list[list[str]]
+
+
+def chained(n: int = 30, key: bytes = KEY) -> list[str]:
+    sink = MemorySink()
+    chain = ChainSink(key, [sink])
+    chain.write_lines([json.dumps({"event": {"id": f"e{i}"}, "n": i}) for i in range(n)])
+    return sink.lines
+
+
+def split(lines: list[str], per: int = 10) -> Files:
+    return [lines[i : i + per] for i in range(0, len(lines), per)]
+
+
+def write(tmp_path: Path, files: Files) -> list[Path]:
+    paths = []
+    for i, lines in enumerate(files):
+        p = tmp_path / f"records-{i}.jsonl"
+        p.write_text("".join(line + "\n" for line in lines))
+        paths.append(p)
+    return paths
+
+
+def modify(f: Files) -> None:
+    f[1][3] = f[1][3].replace('"n": 13', '"n": 99')
+
+
+def delete(f: Files) -> None:
+    del f[1][4]
+
+
+def insert_forged(f: Files) -> None:
+    f[1].insert(2, json.dumps({"event": {"id": "x"}}))
+
+
+def insert_copy(f: Files) -> None:
+    f[2].insert(5, f[0][1])
+
+
+def insert_other_chain(f: Files) -> None:
+    f[1].insert(2, chained(30, bytes(32))[11])
+
+
+def reorder(f: Files) -> None:
+    f[0][2], f[0][3] = f[0][3], f[0][2]
+
+
+def duplicate(f: Files) -> None:
+    f[0].insert(4, f[0][3])
+
+
+def drop_file(f: Files) -> None:
+    del f[1]
+
+
+def drop_first_of_file(f: Files) -> None:
+    del f[2][0]
+
+
+def torn_tail(f: Files) -> None:
+    f[2][-1] = f[2][-1][:40]
+
+
+CASES = [
+    pytest.param(modify, "records-1.jsonl", 4, "modified", id="modify"),
+    pytest.param(delete, "records-1.jsonl", 5, "deleted", id="delete"),
+    pytest.param(insert_forged, "records-1.jsonl", 3, "inserted", id="insert-unchained"),
+    pytest.param(insert_copy, "records-2.jsonl", 6, "inserted", id="insert-copy"),
+    pytest.param(insert_other_chain, "records-1.jsonl", 3, "modified", id="insert-other-key"),
+    pytest.param(reorder, "records-0.jsonl", 3, "reordered", id="reorder"),
+    pytest.param(duplicate, "records-0.jsonl", 5, "duplicated", id="duplicate"),
+    pytest.param(drop_file, "records-1.jsonl", 1, "missing-file", id="drop-rotated-file"),
+    pytest.param(drop_first_of_file, "records-2.jsonl", 1, "missing-file", id="drop-first-of-file"),
+    pytest.param(torn_tail, "records-2.jsonl", 10, "inserted", id="torn-tail"),
+]
+
+
+def test_intact_chain_verifies(tmp_path: Path) -> None:
+    """An untouched rotation set verifies, given in any order."""
+    paths = write(tmp_path, split(chained()))
+    result = verify(list(reversed(paths)), KEY)
+    assert result.ok, result.problem
+    assert (result.records, result.files, result.first_seq) == (30, 3, 0)
+    assert result.last is not None
+    assert result.last.seq == 29
+
+
+@pytest.mark.parametrize(("tamper", "file", "line", "kind"), CASES)
+def test_tampering_is_reported_at_first_bad_record(
+    tmp_path: Path, tamper: Callable[[Files], None], file: str, line: int, kind: str
+) -> None:
+    """Each kind of tampering is reported with its file, line and kind."""
+    files = split(chained())
+    tamper(files)
+    result = verify(write(tmp_path, files), KEY)
+    assert result.problem is not None
+    assert (Path(result.problem.file).name, result.problem.line, result.problem.kind) == (
+        file,
+        line,
+        kind,
+    )
+
+
+def test_cut_tail_needs_the_shipped_head(tmp_path: Path) -> None:
+    """Cutting the newest records passes without a head and fails against the shipped head."""
+    head_sink = MemorySink()
+    sink = MemorySink()
+    chain = ChainSink(KEY, [sink], head_sinks=[head_sink], head_interval=3600)
+    chain.write_lines([json.dumps({"n": i}) for i in range(30)])
+    chain.flush()
+    head = read_head(head_sink.lines)
+    assert head == ChainHead(29, chain.head.mac if chain.head else "")
+    files = split(sink.lines)
+    files[2] = files[2][:6]
+    paths = write(tmp_path, files)
+    assert verify(paths, KEY).ok
+    result = verify(paths, KEY, head)
+    assert result.problem is not None
+    assert result.problem.kind == "truncated"
+    assert verify(write(tmp_path, split(sink.lines)), KEY, head).ok
+
+
+def test_head_ships_on_interval_only() -> None:
+    """The head goes out when the interval has passed, not on every batch."""
+    now = [0.0]
+    heads = MemorySink()
+    chain = ChainSink(
+        KEY, [MemorySink()], head_sinks=[heads], head_interval=10, clock=lambda: now[0]
+    )
+    chain.write_lines(["{}"])
+    assert heads.lines == []
+    now[0] = 11
+    chain.write_lines(["{}"])
+    assert read_head(heads.lines) == ChainHead(1, chain.head.mac if chain.head else "")
+
+
+def test_chain_resumes_across_restart(tmp_path: Path) -> None:
+    """A new sink continues the chain from the newest line of the existing file."""
+    path = write(tmp_path, [chained(5)])[0]
+    head = read_last_head(path)
+    assert head is not None
+    assert head.seq == 4
+    sink = MemorySink()
+    ChainSink(KEY, [sink], head=head).write_lines(["{}", "{}"])
+    with path.open("a") as f:
+        f.writelines(line + "\n" for line in sink.lines)
+    assert verify([path], KEY).records == 7
+
+
+def test_key_file_checks(tmp_path: Path) -> None:
+    """Keys are generated 0400; a key readable by others or too short is refused."""
+    key = tmp_path / "chain.key"
+    generate_key(key)
+    assert key.stat().st_mode & 0o777 == 0o400
+    assert len(load_key(key)) == 32
+    key.chmod(0o644)
+    with pytest.raises(ValueError, match="accessible to others"):
+        load_key(key)
+    short = tmp_path / "short.key"
+    short.write_text("abcd")
+    short.chmod(0o600)
+    with pytest.raises(ValueError, match="expected at least 32"):
+        load_key(short)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    _args(parser)
+    return cmd_logs(parser.parse_args(argv[1:]))
+
+
+def test_logs_verify_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`aupguard logs verify` exits 0 on an intact set and 1 with the first problem."""
+    key = tmp_path / "k.key"
+    generate_key(key)
+    paths = write(tmp_path, split(chained(20, load_key(key))))
+    assert main(["logs", "verify", "--key", str(key), *map(str, paths)]) == 0
+    assert "ok: 20 records in 2 files" in capsys.readouterr().out
+    paths[0].write_text(paths[0].read_text().replace('"n": 3', '"n": 4'))
+    assert main(["logs", "verify", "--key", str(key), *map(str, paths)]) == 1
+    assert "records-0.jsonl:4: modified" in capsys.readouterr().out
+    assert main(["logs", "verify", *map(str, paths)]) == 2

@@ -1,0 +1,135 @@
+"""Rotating record files: permissions, size and time rotation, retention, chain across files."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.chain import ChainSink, resume_head, verify
+from agent.rotation import DAY, RotatingFileSink, rotated_files
+
+KEY = bytes(32)
+T0 = 1_795_000_000.0  # 2026-11-18, aligned windows are UTC days
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def lines(n: int, start: int = 0) -> list[str]:
+    return [
+        json.dumps({"event": {"id": f"e{i}"}, "pad": "x" * 80}) for i in range(start, start + n)
+    ]
+
+
+def test_files_are_created_0640_despite_umask(tmp_path: Path) -> None:
+    """Active and rotated files are 0640 even with a permissive umask."""
+    old = os.umask(0)
+    try:
+        sink = RotatingFileSink(tmp_path / "records.jsonl", max_bytes=500)
+        for _ in range(5):
+            sink.write_lines(lines(5))
+        sink.close()
+    finally:
+        os.umask(old)
+    files = rotated_files(tmp_path / "records.jsonl")
+    assert len(files) >= 3
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o640}
+
+
+def test_group_is_applied(tmp_path: Path) -> None:
+    """Files belong to the configured reviewers' group."""
+    group = grp.getgrgid(os.getgid()).gr_name if os.getuid() else "daemon"
+    sink = RotatingFileSink(tmp_path / "r.jsonl", group=group)
+    sink.write_lines(lines(1))
+    sink.close()
+    st = (tmp_path / "r.jsonl").stat()
+    assert st.st_gid == grp.getgrnam(group).gr_gid
+    assert st.st_mode & 0o777 == 0o640
+
+
+def test_unknown_group_is_refused(tmp_path: Path) -> None:
+    """An unknown group is a config error naming the key."""
+    with pytest.raises(ValueError, match=r"records\.group: no such group"):
+        RotatingFileSink(tmp_path / "r.jsonl", group="no-such-group-xyz")
+
+
+@pytest.mark.parametrize(
+    "step", [pytest.param(1.0, id="new-second"), pytest.param(0.0, id="same-second")]
+)
+def test_size_rotation_keeps_every_line_in_order(tmp_path: Path, step: float) -> None:
+    """Rotation by size loses nothing and name order is oldest first, also within one second."""
+    clock = Clock()
+    sink = RotatingFileSink(tmp_path / "records.jsonl", max_bytes=1000, clock=clock)
+    for i in range(20):
+        clock.now += step
+        sink.write_lines(lines(3, 3 * i))
+    sink.close()
+    files = rotated_files(tmp_path / "records.jsonl")
+    ids = [json.loads(x)["event"]["id"] for p in files for x in p.read_text().splitlines()]
+    assert ids == [f"e{i}" for i in range(60)]
+    assert sink.rotations == len(files) - 1 > 3
+
+
+def test_time_rotation_at_window_boundary(tmp_path: Path) -> None:
+    """A new UTC day starts a new file, also after a restart."""
+    clock = Clock()
+    path = tmp_path / "records.jsonl"
+    sink = RotatingFileSink(path, max_bytes=0, clock=clock)
+    sink.write_lines(lines(2))
+    clock.now += 60
+    sink.write_lines(lines(2))
+    assert sink.rotations == 0
+    clock.now += DAY
+    sink.write_lines(lines(1))
+    assert sink.rotations == 1
+    sink.close()
+    os.utime(path, (clock.now, clock.now))
+    clock.now += DAY
+    again = RotatingFileSink(path, max_bytes=0, clock=clock)
+    again.write_lines(lines(1))
+    assert again.rotations == 1
+    again.close()
+    assert len(rotated_files(path)) == 3
+
+
+def test_retention_deletes_only_old_rotated_files(tmp_path: Path) -> None:
+    """Rotated files older than retention_days go; newer ones and the active file stay."""
+    clock = Clock()
+    path = tmp_path / "records.jsonl"
+    sink = RotatingFileSink(path, max_bytes=0, retention_days=30, clock=clock)
+    for day in range(40):
+        sink.write_lines(lines(1, day))
+        os.utime(path, (clock.now, clock.now))
+        clock.now += DAY
+    sink.close()
+    files = rotated_files(path)
+    assert sink.deleted == 9
+    assert len(files) == 31
+    assert all(p.stat().st_mtime >= clock.now - 31 * DAY for p in files)
+
+
+def test_chain_continues_across_rotation_and_restart(tmp_path: Path) -> None:
+    """The chain spans rotated files and resumes after a restart; verify accepts the set."""
+    path = tmp_path / "records.jsonl"
+    chain = ChainSink(KEY, [RotatingFileSink(path, max_bytes=700)])
+    for i in range(10):
+        chain.write_lines(lines(2, 2 * i))
+    chain.close()
+    again = ChainSink(
+        KEY, [RotatingFileSink(path, max_bytes=700)], head=resume_head(rotated_files(path))
+    )
+    again.write_lines(lines(5, 20))
+    again.close()
+    result = verify(rotated_files(path), KEY)
+    assert result.ok, result.problem
+    assert result.records == 25
+    assert result.files > 3

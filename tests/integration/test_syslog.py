@@ -1,0 +1,377 @@
+"""Shipping records to a real rsyslog on loopback: TCP delivery, a collector outage, spool limits.
+
+rsyslog here has no TLS driver (Debian's rsyslog-gnutls/-openssl are not installed), so TLS
+(RFC 5425) is tested against a Python TLS collector on loopback with a test CA.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.chain import generate_key, load_key, read_head, verify
+from agent.config import RecordsSection
+from agent.records import RecordWriter
+from agent.rotation import rotated_files
+from agent.shipping import Spool, SpoolFull, SyslogSink, record_sinks, tls_context
+
+RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+pytestmark = pytest.mark.integration
+needs_rsyslog = pytest.mark.skipif(
+    not Path(RSYSLOGD).exists(),
+    reason="LOUD SKIP: rsyslogd is not installed (apt-get install rsyslog); "
+    "the collector integration tests did not run",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Rsyslog:
+    """A private rsyslogd: imtcp on a loopback port, every message's MSG to one file."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.port = tmp, free_port()
+        self.out = tmp / "received.log"
+        (tmp / "work").mkdir()
+        self.conf = tmp / "rsyslog.conf"
+        self.conf.write_text(f"""
+global(workDirectory="{tmp / "work"}" maxMessageSize="64k")
+main_queue(queue.type="Direct")
+module(load="imtcp")
+template(name="msgonly" type="string" string="%msg%\\n")
+ruleset(name="records") {{
+  action(type="omfile" file="{self.out}" template="msgonly" flushOnTXEnd="on" asyncWriting="off")
+}}
+input(type="imtcp" address="127.0.0.1" port="{self.port}" ruleset="records")
+""")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        pid = self.tmp / "rsyslogd.pid"
+        pid.unlink(missing_ok=True)
+        with (self.tmp / "rsyslogd.err").open("ab") as err:
+            self.proc = subprocess.Popen(
+                [RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            except OSError:
+                time.sleep(0.05)
+            else:
+                return
+        raise RuntimeError((self.tmp / "rsyslogd.err").read_text())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc = None
+
+    def records(self, expect: int, timeout: float = 30) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            lines = self.out.read_text().splitlines() if self.out.exists() else []
+            if len(lines) >= expect:
+                break
+            time.sleep(0.1)
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
+    server = Rsyslog(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def record(i: int) -> dict[str, object]:
+    return {"event": {"id": f"{i:08d}", "action": "block"}, "n": i, "pad": "p" * 200}
+
+
+def sink_to(port: int, tmp: Path, **kw: object) -> SyslogSink:
+    spool = Spool(tmp / "spool" / "syslog.spool", int(kw.pop("spool_bytes", 50 << 20)))  # type: ignore[call-overload]
+    settings: dict[str, object] = {"retry_seconds": 0.05, "timeout": 2.0, **kw}
+    return SyslogSink("127.0.0.1", port, spool=spool, **settings)  # type: ignore[arg-type]
+
+
+def first_copies(got: list[dict[str, object]]) -> list[str]:
+    """Event ids in first-arrival order; every duplicate must equal its first copy."""
+    first: dict[str, dict[str, object]] = {}
+    for rec in got:
+        eid = rec["event"]["id"]  # type: ignore[index]
+        if eid in first:
+            assert rec == first[eid], f"duplicate {eid} differs from its first copy"
+        else:
+            first[eid] = rec
+    return list(first)
+
+
+@needs_rsyslog
+def test_records_arrive_over_tcp(rsyslog: Rsyslog, tmp_path: Path) -> None:
+    """Every record reaches rsyslog as one RFC 5424 message, in order."""
+    sink = sink_to(rsyslog.port, tmp_path)
+    with RecordWriter([sink]) as writer:
+        for i in range(500):
+            writer.write(record(i))
+    got = rsyslog.records(500)
+    assert [r["event"]["id"] for r in got] == [f"{i:08d}" for i in range(500)]  # type: ignore[index]
+
+
+@needs_rsyslog
+def test_collector_outage_loses_nothing(rsyslog: Rsyslog, tmp_path: Path) -> None:
+    """Stop rsyslog mid-stream, write 10,000 records, restart: all arrive, in order."""
+    sink = sink_to(rsyslog.port, tmp_path)
+    writer = RecordWriter([sink], queue_size=50_000)
+    for i in range(2_000):
+        writer.write(record(i))
+    assert rsyslog.records(1, timeout=10)
+    rsyslog.stop()  # likely while the writer thread is still sending
+    for i in range(2_000, 12_000):
+        writer.write(record(i))
+    assert writer.flush(30)
+    assert sink.spool.pending
+    rsyslog.start()
+    assert writer.close(60)
+    ids = first_copies(rsyslog.records(12_000))
+    assert ids == [f"{i:08d}" for i in range(12_000)]
+    assert writer.dropped == 0
+    assert sink.dropped == 0
+    print(
+        f"sent={sink.sent} spooled={sink.spooled} resent={sink.resent} reconnects={sink.reconnects}"
+    )
+
+
+def test_spool_full_drops_counts_and_reports(tmp_path: Path) -> None:
+    """With the collector down a full spool drops, counts, warns once near full, reports later."""
+    port = free_port()
+    sink = sink_to(port, tmp_path, spool_bytes=20_000)
+    lines = [json.dumps(record(i)) for i in range(200)]
+    for i in range(0, 200, 10):
+        sink.write_lines(lines[i : i + 10])
+    assert sink.spool.full
+    assert sink.dropped > 100
+    assert sink.near_full_alerts == 1
+    assert not sink.fail_closed.is_set()
+    assert sink.spool.depth == sink.spooled
+    received = Collector(port)
+    sink.flush()
+    assert sink.spool.depth == 0
+    got = received.wait(sink.spooled + 1)
+    assert got[-1]["event"]["action"] == "records-dropped"  # type: ignore[index]
+    assert got[-1]["aupguard"]["dropped"] == sink.dropped  # type: ignore[index]
+    assert [r["n"] for r in got[:-1]] == list(range(sink.spooled))
+    received.close()
+    sink.close()
+
+
+def test_spool_full_fail_closed_sets_and_clears_the_flag(tmp_path: Path) -> None:
+    """Policy fail_closed raises the enforcement flag while records cannot be kept."""
+    port = free_port()
+    sink = sink_to(port, tmp_path, spool_bytes=5_000, policy=SpoolFull.FAIL_CLOSED)
+    sink.write_lines([json.dumps(record(i)) for i in range(50)])
+    assert sink.fail_closed.is_set()
+    received = Collector(port)
+    sink.flush()
+    assert not sink.fail_closed.is_set()
+    received.wait(sink.spooled + 1)
+    received.close()
+    sink.close()
+
+
+def test_queue_full_never_blocks_the_decision_path(tmp_path: Path) -> None:
+    """A collector that stops reading stalls the writer thread only; write() stays fast and counts drops."""
+    port = free_port()
+    stalled = socket.create_server(("127.0.0.1", port))
+    sink = sink_to(port, tmp_path, timeout=0.5)
+    writer = RecordWriter([sink], queue_size=100)
+    slowest = 0.0
+    for i in range(50_000):
+        t = time.perf_counter()
+        writer.write(record(i))
+        slowest = max(slowest, time.perf_counter() - t)
+    assert writer.dropped > 0
+    assert slowest < 0.05
+    stalled.close()
+    writer.close(30)
+
+
+class Collector:
+    """A tiny octet-counting syslog receiver (optionally TLS) in a thread."""
+
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.tls = tls
+        self.messages: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self.server.accept()
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+        except OSError:
+            return
+        buf = b""
+        with conn:
+            while chunk := conn.recv(65536):
+                buf += chunk
+                while b" " in buf:
+                    size, _, rest = buf.partition(b" ")
+                    if len(rest) < int(size):
+                        break
+                    self.messages.append(rest[: int(size)].decode())
+                    buf = rest[int(size) :]
+
+    def wait(self, n: int, timeout: float = 10) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [json.loads(m[m.index("{") :]) for m in self.messages]
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def make_ca(tmp: Path) -> tuple[Path, Path, Path]:
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aupguard test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "collector.test")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("collector.test")]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(cert.public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def test_tls_delivery_verifies_the_collector(tmp_path: Path) -> None:
+    """Records go over TLS to a collector whose certificate chains to the configured CA."""
+    ca, cert, key = make_ca(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    port = free_port()
+    received = Collector(port, server_ctx)
+    sink = sink_to(port, tmp_path, tls=tls_context(ca), server_name="collector.test")
+    sink.write_lines([json.dumps(record(i)) for i in range(100)])
+    sink.close()
+    assert [r["n"] for r in received.wait(100)] == list(range(100))
+    received.close()
+
+
+def test_tls_refuses_an_unknown_collector(tmp_path: Path) -> None:
+    """A certificate from another CA is refused and records stay in the spool."""
+    ca, _, _ = make_ca(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path)
+    b = tmp_path / "b"
+    b.mkdir()
+    _, cert, key = make_ca(b)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    port = free_port()
+    received = Collector(port, server_ctx)
+    sink = sink_to(port, tmp_path, tls=tls_context(ca), server_name="collector.test")
+    sink.write_lines([json.dumps(record(1))])
+    assert sink.spool.pending
+    assert received.messages == []
+    received.close()
+    sink.close()
+
+
+def test_configured_sinks_chain_files_and_ship_heads(tmp_path: Path) -> None:
+    """`records:` settings build chained rotating files plus syslog; the shipped head verifies them."""
+    port = free_port()
+    received = Collector(port)
+    key = tmp_path / "keys" / "chain.key"
+    key.parent.mkdir()
+    generate_key(key)
+    section = RecordsSection(
+        file=tmp_path / "rec" / "records.jsonl",
+        rotate_bytes=20_000,
+        chain_key_file=key,
+        syslog=f"127.0.0.1:{port}",
+        spool_dir=tmp_path / "spool",
+    )
+    sinks, syslog = record_sinks(section)
+    assert syslog is not None
+    with RecordWriter(sinks) as writer:
+        for i in range(300):
+            writer.write(record(i))
+            if i % 50 == 49:  # rotation happens between batches
+                writer.flush()
+    got = received.wait(301)
+    heads = [json.dumps(r) for r in got if r["event"]["action"] == "chain-head"]  # type: ignore[index]
+    files = rotated_files(section.file)  # type: ignore[arg-type]
+    result = verify(files, load_key(key), read_head(heads))
+    assert result.ok, result.problem
+    assert result.records == 300
+    assert len(files) > 2
+    received.close()
+    with pytest.raises(ValueError, match="spool_full"):
+        record_sinks(RecordsSection(syslog="h:1", spool_dir=tmp_path, spool_full="panic"))
+
+
+def test_spool_survives_a_restart_and_is_sent_first(tmp_path: Path) -> None:
+    """Lines spooled before a gateway restart are delivered, in order, before new ones."""
+    port = free_port()
+    first = sink_to(port, tmp_path)
+    first.write_lines([json.dumps(record(i)) for i in range(20)])
+    first.close()
+    again = sink_to(port, tmp_path)
+    assert again.spool.depth == 20
+    received = Collector(port)
+    again.write_lines([json.dumps(record(i)) for i in range(20, 30)])
+    again.flush()
+    assert [r["n"] for r in received.wait(30)] == list(range(30))
+    received.close()
+    again.close()
