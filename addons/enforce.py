@@ -1,0 +1,172 @@
+"""aupguard's mitmproxy addon: every HTTP request goes through `Engine.evaluate()`.
+
+    mitmdump -s addons/enforce.py --set aup_policy=/etc/aupguard/policy.yaml \
+             --set aup_records=/var/lib/aupguard/records.jsonl
+
+The addon is an adapter: it identifies the client, asks the engine, and acts (page,
+pass-through, record). Policy lives in the engine; pages, tokens and throttling in `agent/`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import server_hooks
+
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # `mitmdump -s addons/enforce.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.enforcement import (
+    CONTINUE_PATH,
+    MARK_KEY,
+    Enforcer,
+    EnforcerSettings,
+)
+from agent.errors import AupguardError
+from agent.pipeline import Engine
+from agent.records import JsonLinesFileSink, RecordWriter
+from agent.runtime import Runtime
+
+MARK = MARK_KEY
+WEAKENING_OPTIONS = ("emudhra", "emudhra_old")  # carried by the mitmproxy 12.3.1 wheel
+
+
+class Enforce:
+    """Decide, then block (403 page), warn (coaching page), log or allow."""
+
+    def __init__(self, loader: Callable[[Path | None], Engine] = Engine.load) -> None:
+        self._load_engine = loader
+        self.runtime: Runtime | None = None
+        self.enforcer: Enforcer | None = None
+        self.writer: Any = None  # RecordWriter (or a test double with .write)
+
+    def load(self, loader: Loader) -> None:
+        """Register options."""
+        loader.add_option("aup_policy", str, "", "aupguard baseline policy file (YAML).")
+        loader.add_option("aup_records", str, "", "aupguard decision records (JSON lines file).")
+
+    def configure(self, updated: set[str]) -> None:
+        """Load the policy, open records, and refuse options that weaken TLS or enforcement."""
+        self._refuse_weakening()
+        if "aup_policy" in updated or self.runtime is None:
+            self._load_policy(ctx.options.aup_policy)
+        if "aup_records" in updated and ctx.options.aup_records:
+            self._open_records(ctx.options.aup_records)
+        if self.enforcer is not None and self.enforcer.settings.refuses_at_sni:
+            strategy = getattr(ctx.options, "connection_strategy", "lazy")
+            if strategy != "lazy":
+                raise _refuse(
+                    "connection_strategy: 'eager' silently passes connections refused at the "
+                    "SNI (no-decrypt hosts that are blocked): set connection_strategy=lazy"
+                )
+
+    def _refuse_weakening(self) -> None:
+        if ctx.options.ssl_insecure:
+            raise _refuse("ssl_insecure: aupguard never disables upstream certificate verification")
+        for name in WEAKENING_OPTIONS:
+            if name in ctx.options and getattr(ctx.options, name):
+                raise _refuse(f"{name}: signs with a compromised CA key: refused")
+
+    def _load_policy(self, value: str) -> None:
+        path = Path(value) if value else None
+        try:
+            engine = self._load_engine(path)
+            settings = EnforcerSettings.from_config(engine.config, path)
+        except (AupguardError, OSError, ValueError) as e:
+            raise _refuse(f"aup_policy: {value!r}: {e}") from e
+        self.runtime = Runtime(path, engine=engine)
+        self.enforcer = Enforcer(self.runtime, settings, self._write, _proxyserver)
+
+    def _open_records(self, value: str) -> None:
+        try:
+            sink = JsonLinesFileSink(value)
+        except OSError as e:
+            raise _refuse(f"aup_records: {value!r}: {e}") from e
+        if self.writer is not None and hasattr(self.writer, "close"):
+            self.writer.close(5)
+        self.writer = RecordWriter([sink])
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.write(record)
+
+    def running(self) -> None:
+        """Reload on SIGHUP; take loaded lists out of the garbage collector's way (gc.freeze)."""
+        import asyncio  # noqa: PLC0415
+        import gc  # noqa: PLC0415
+
+        if self.runtime is not None:
+            self.runtime.install_sighup(asyncio.get_running_loop())
+        gc.collect()
+        gc.freeze()
+        if not ctx.options.stream_large_bodies:
+            # never buffer large bodies
+            ctx.options.update(stream_large_bodies="1m")  # type: ignore[no-untyped-call]
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """No-decrypt hosts pass through untouched (if SNI matches where the connection goes)."""
+        if self.enforcer is not None:
+            self.enforcer.on_client_hello(data, ctx.options.mode)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Refuse connections that were refused at the SNI."""
+        if self.enforcer is not None and self.enforcer.refused(data.client.id):
+            data.server.error = "refused by policy at the TLS server name"
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Unpace the connection if its previous response was paced."""
+        if self.enforcer is not None:
+            self.enforcer.on_request_start(flow)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """Drop per-connection state."""
+        if self.enforcer is not None:
+            self.enforcer.on_client_gone(client)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Decide every request; act on the decision."""
+        if flow.response is not None or MARK in flow.metadata or self.enforcer is None:
+            return  # already handled (e.g. proxyauth's 407)
+        if flow.request.path.startswith(CONTINUE_PATH):
+            flow.metadata[MARK] = "continue"
+            flow.response = self.enforcer.redeem(flow, time.time())
+            return
+        flow.metadata[MARK] = self.enforcer.enforce(flow, time.time())
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Stream large bodies (never buffer them) and pace them during the schedule."""
+        if self.enforcer is not None:
+            self.enforcer.on_response_headers(flow, time.time())
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """Finish throttling bookkeeping for the flow."""
+        if self.enforcer is not None:
+            self.enforcer.on_done(flow, time.time())
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """Finish throttling bookkeeping for a failed flow."""
+        self.response(flow)
+
+    def done(self) -> None:
+        """Drain records on shutdown."""
+        if self.writer is not None and hasattr(self.writer, "close"):
+            self.writer.close(10)
+
+
+def _proxyserver() -> Any:
+    """Mitmproxy's proxyserver addon (agent.pacing reaches its connections)."""
+    return ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
+
+
+def _refuse(message: str) -> exceptions.OptionsError:
+    """An OptionsError (mitmproxy's constructor is untyped)."""
+    return exceptions.OptionsError(message)  # type: ignore[no-untyped-call]
+
+
+addons = [Enforce()]

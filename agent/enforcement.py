@@ -1,0 +1,396 @@
+"""The proxy's act stage: turn `Engine` decisions on mitmproxy flows into pages and records.
+
+`addons/enforce.py` is the thin hook layer; this module holds what it does per flow, with
+settings parsed once from `ProxySection` (`EnforcerSettings`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from mitmproxy import http, tls
+
+from agent.config import Config
+from agent.model import Action, Source
+from agent.pages import PageFacts, Pages, PageTexts, short_body, wants_html
+from agent.pipeline import Evaluation
+from agent.records import build_record, new_event_id
+from agent.runtime import Runtime
+from agent.shaping import Shaper
+from agent.throttle import Throttle, ThrottleSpec
+from agent.tokens import Allowances, Grant, TokenError, TokenSigner, load_secret
+from agent.usermap import UserMap
+
+CONTINUE_PATH = "/.aupguard/continue"
+MARK_KEY = "aup_decision"
+TOKEN_TTL = 600.0
+_SECURITY_HEADERS = {
+    "cache-control": "no-store",
+    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcerSettings:
+    """ProxySection fields the hot path needs, parsed once."""
+
+    no_decrypt_hosts: frozenset[str]
+    no_decrypt_categories: frozenset[str]
+    record_allowed: bool
+    warn_seconds: float
+    secret: bytes
+    texts: PageTexts
+    template: Path | None
+    user_map: Path | None
+    throttle: ThrottleSpec | None
+    throttle_schedule: str | None
+    tenant_headers: dict[str, tuple[tuple[str, str], ...]]
+
+    @property
+    def refuses_at_sni(self) -> bool:
+        """True when some connections may be refused at the SNI (needs lazy connections)."""
+        return bool(self.no_decrypt_hosts or self.no_decrypt_categories)
+
+    @classmethod
+    def from_config(cls, config: Config, policy_path: Path | None) -> EnforcerSettings:
+        """Parse `config.proxy`; ValueError/OSError for a bad secret or template file."""
+        p = config.proxy
+        secret_file = p.token_secret_file or _default_secret(policy_path)
+        texts = PageTexts(lang=p.page_lang, contact=p.page_contact)
+        if p.page_exception_howto:
+            texts = replace(texts, exception_howto=p.page_exception_howto)
+        if p.page_template is not None:
+            p.page_template.read_text(encoding="utf-8")  # fail at start, not on a request
+        return cls(
+            no_decrypt_hosts=frozenset(h.lower().rstrip(".") for h in p.no_decrypt_hosts),
+            no_decrypt_categories=frozenset(p.no_decrypt_categories),
+            record_allowed=p.record_allowed,
+            warn_seconds=p.warn_minutes * 60.0,
+            secret=load_secret(secret_file),
+            texts=texts,
+            template=p.page_template,
+            user_map=p.user_map_file,
+            throttle=_throttle_spec(config),
+            throttle_schedule=p.throttle_schedule,
+            tenant_headers={
+                h.lower().rstrip("."): tuple(v.items()) for h, v in p.tenant_headers.items()
+            },
+        )
+
+
+def _throttle_spec(config: Config) -> ThrottleSpec | None:
+    """The throttle settings, or None when no schedule is configured; ValueError if unknown."""
+    p = config.proxy
+    if p.throttle_schedule is None:
+        return None
+    if p.throttle_schedule not in config.schedules:
+        names = ", ".join(sorted(config.schedules)) or "(none defined)"
+        raise ValueError(
+            f"proxy.throttle_schedule: unknown schedule {p.throttle_schedule!r}: "
+            f"expected one of {names}"
+        )
+    if min(p.throttle_client_rate, p.throttle_aggregate_rate, p.throttle_window) <= 0:
+        raise ValueError("proxy.throttle_*: rates and window must be positive")
+    return ThrottleSpec(
+        threshold=p.throttle_threshold,
+        client_rate=p.throttle_client_rate,
+        aggregate_rate=p.throttle_aggregate_rate,
+        window=float(p.throttle_window),
+        exempt_groups=frozenset(p.throttle_exempt_groups),
+        exempt_hosts=frozenset(h.lower().rstrip(".") for h in p.throttle_exempt_hosts),
+    )
+
+
+def _default_secret(policy_path: Path | None) -> Path:
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state) / "continue.key"
+    base = policy_path.resolve().parent if policy_path else Path.home() / ".config" / "aupguard"
+    base.mkdir(parents=True, exist_ok=True)
+    return base / "continue.key"
+
+
+def host_of(value: str | None) -> str | None:
+    """A host name without port, trailing dot or brackets, lower-cased; None for none."""
+    if not value:
+        return None
+    h = value.strip().lower()
+    if h.startswith("["):
+        h = h[1:].partition("]")[0]
+    elif h.count(":") == 1:
+        h = h.partition(":")[0]
+    return h.rstrip(".") or None
+
+
+def flow_hosts(flow: http.HTTPFlow) -> list[str]:
+    """Every distinct host this request names: URL/Host header, SNI and CONNECT authority."""
+    server = flow.server_conn.address[0] if flow.server_conn.address else None
+    candidates = (
+        flow.request.pretty_host,
+        flow.request.host,
+        flow.request.host_header,
+        flow.client_conn.sni,
+        server,
+    )
+    return list(dict.fromkeys(h for h in map(host_of, candidates) if h))
+
+
+def under(host: str, suffixes: Iterable[str]) -> bool:
+    """True when `host` is one of `suffixes` or below one."""
+    wanted = frozenset(suffixes)
+    parts = host.split(".")
+    return any(".".join(parts[i:]) in wanted for i in range(len(parts)))
+
+
+class Enforcer:
+    """Per-flow enforcement with the runtime's current engine."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: EnforcerSettings,
+        emit: Emit,
+        proxyserver: Callable[[], Any] = lambda: None,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.emit = emit
+        self.pages = Pages(settings.texts, settings.template)
+        self.signer = TokenSigner(settings.secret)
+        self.allowances = Allowances()
+        self.users = UserMap(settings.user_map)
+        self._refused: OrderedDict[str, None] = OrderedDict()
+        self.shaper: Shaper | None = None
+        if settings.throttle is not None:
+            throttle = Throttle(settings.throttle, self._in_throttle_schedule)
+            self.shaper = Shaper(throttle, proxyserver)
+
+    def _in_throttle_schedule(self, now: float) -> bool:
+        schedule = self.runtime.engine.policy.schedules.get(self.settings.throttle_schedule or "")
+        return schedule is not None and schedule.is_active(now)
+
+    # --- identify + decide ------------------------------------------------------------
+
+    def user_of(self, flow: http.HTTPFlow) -> str | None:
+        """Proxyauth's user (never the password), else the address map (transparent mode)."""
+        auth = flow.metadata.get("proxyauth")
+        if isinstance(auth, tuple) and auth and auth[0]:
+            return str(auth[0])
+        return self.users.lookup(flow.client_conn.peername[0])
+
+    def evaluate(self, flow: http.HTTPFlow, now: float) -> Evaluation:
+        """The strictest decision over every host the request names (no domain fronting)."""
+        ip, user = flow.client_conn.peername[0], self.user_of(flow)
+        engine = self.runtime.engine
+        url = flow.request.pretty_url
+        best = engine.evaluate(ip, url, now=now, user=user, source=Source.HTTP)
+        path = flow.request.path if flow.request.path.startswith("/") else "/"
+        for host in flow_hosts(flow):
+            if host == best.request.host:
+                continue
+            try:
+                ev = engine.evaluate(
+                    ip,
+                    f"{flow.request.scheme}://{host}{path}",
+                    now=now,
+                    user=user,
+                    source=Source.HTTP,
+                )
+            except ValueError:
+                continue  # not a host name (e.g. a raw address the lists cannot name)
+            if ev.decision.action > best.decision.action:
+                best = Evaluation(best.client, best.request, ev.decision)
+        return best
+
+    # --- act --------------------------------------------------------------------------
+
+    def enforce(self, flow: http.HTTPFlow, now: float) -> str:
+        """Decide and act on one request; returns the action label for `flow.metadata`."""
+        try:
+            ev = self.evaluate(flow, now)
+        except ValueError:
+            # fail closed: a target the engine cannot read must not bypass the policy
+            body = b"aupguard: the request names no valid host\n"
+            headers = {"content-type": "text/plain; charset=utf-8", **_SECURITY_HEADERS}
+            flow.response = http.Response.make(400, body, headers)
+            return "unparsable"
+        d = ev.decision
+        flow.metadata["aup_groups"] = ev.client.groups
+        subject = ev.client.user or ev.client.ip
+        if d.action is Action.WARN and self.allowances.allowed(subject, d.category, now):
+            self._record(ev, now, extra={"aupguard.continued": True})
+            self.add_tenant_headers(flow, ev.request.host)
+            return "warn-continued"
+        eid = ""
+        if d.action is not Action.ALLOW or self.settings.record_allowed:
+            eid = self._record(ev, now)
+        if d.action is Action.BLOCK:
+            flow.response = self._page("block", flow, ev, now, reference=eid)
+        elif d.action is Action.WARN:
+            grant = Grant(
+                subject, d.category or "", ev.request.host, flow.request.pretty_url, now + TOKEN_TTL
+            )
+            href = f"{CONTINUE_PATH}?token={quote(self.signer.issue(grant))}"
+            flow.response = self._page("warn", flow, ev, now, reference=eid, href=href)
+        else:
+            self.add_tenant_headers(flow, ev.request.host)
+        return d.action.label
+
+    def add_tenant_headers(self, flow: http.HTTPFlow, host: str) -> None:
+        """Add the configured tenant-restriction headers for `host` (most specific suffix)."""
+        table = self.settings.tenant_headers
+        if not table:
+            return
+        parts = host.split(".")
+        for i in range(len(parts)):
+            headers = table.get(".".join(parts[i:]))
+            if headers is not None:
+                for name, value in headers:
+                    flow.request.headers[name] = value  # replaces any client-sent value
+                return
+
+    def redeem(self, flow: http.HTTPFlow, now: float) -> http.Response:
+        """Verify a continue token, record the acknowledgment, allow, and redirect back."""
+        raw = flow.request.query.get("token", "")
+        user = self.user_of(flow)
+        subject = user or flow.client_conn.peername[0]
+        host = host_of(flow.request.pretty_host) or ""
+        try:
+            grant = self.signer.verify(raw, subject=subject, host=host, now=now)
+        except TokenError as e:
+            body, ctype = f"invalid continue link: {e}\n".encode(), "text/plain; charset=utf-8"
+            return http.Response.make(403, body, {"content-type": ctype, **_SECURITY_HEADERS})
+        self.allowances.allow(grant.subject, grant.category, now + self.settings.warn_seconds)
+        try:
+            ev = self.runtime.engine.evaluate(
+                flow.client_conn.peername[0], grant.url, now=now, user=user, source=Source.HTTP
+            )
+            self._record(
+                ev,
+                now,
+                extra={
+                    "event.action": "acknowledged",
+                    "aupguard.acknowledged_category": grant.category,
+                },
+            )
+        except ValueError:
+            pass
+        return http.Response.make(302, b"", {"location": grant.url, "cache-control": "no-store"})
+
+    def _record(self, ev: Evaluation, now: float, extra: dict[str, Any] | None = None) -> str:
+        engine = self.runtime.engine
+        eid = new_event_id(now)
+        record = build_record(
+            request=ev.request,
+            client=ev.client,
+            decision=ev.decision,
+            now=now,
+            policy_rev=engine.revision,
+            notice=engine.notice,
+            event_id=eid,
+            extra=extra,
+        )
+        self.emit(record)
+        return eid
+
+    def _page(  # noqa: PLR0913  (one page needs all of these)
+        self,
+        kind: str,
+        flow: http.HTTPFlow,
+        ev: Evaluation,
+        now: float,
+        *,
+        reference: str,
+        href: str | None = None,
+    ) -> http.Response:
+        engine = self.runtime.engine
+        zone = getattr(engine.config, "timezone", dt.UTC)
+        facts = PageFacts(
+            url=flow.request.pretty_url,
+            category=ev.decision.category,
+            clause=ev.decision.clause,
+            time=dt.datetime.fromtimestamp(now, zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
+            reference=reference,
+            notice=engine.notice.text,
+            continue_href=href,
+        )
+        headers = {**_SECURITY_HEADERS, "x-aupguard-reference": reference}
+        if wants_html(flow.request.headers):
+            body = self.pages.render(kind, facts).encode()
+            ctype = "text/html; charset=utf-8"
+        else:
+            body, ctype = short_body(kind, facts, flow.request.headers)
+        return http.Response.make(403, body, {**headers, "content-type": ctype})
+
+    # --- TLS ----------------------------------------------------------------------------
+
+    def no_decrypt(self, ev: Evaluation) -> bool:
+        """True for hosts/categories that must not be decrypted."""
+        s = self.settings
+        if s.no_decrypt_categories.intersection(ev.decision.categories):
+            return True
+        return bool(s.no_decrypt_hosts) and under(ev.request.host, s.no_decrypt_hosts)
+
+    def on_client_hello(self, data: tls.ClientHelloData, modes: Iterable[str]) -> None:
+        """Pass no-decrypt hosts through when the SNI is where the connection goes."""
+        sni = host_of(data.client_hello.sni)
+        if sni is None or not self.settings.refuses_at_sni:
+            return
+        client = data.context.client
+        try:
+            ev = self.runtime.engine.evaluate(
+                client.peername[0], sni, source=Source.TLS, host_only=True
+            )
+        except ValueError:
+            return
+        if not self.no_decrypt(ev):
+            return
+        authority = data.context.server.address
+        explicit = any(m.startswith("regular") for m in modes)
+        if not explicit or authority is None or host_of(authority[0]) != sni:
+            return  # not provably where the connection goes: intercept and decide per request
+        data.ignore_connection = True
+        if ev.decision.action is Action.BLOCK:
+            self._refused[client.id] = None
+            while len(self._refused) > 10_000:
+                self._refused.popitem(last=False)
+        if ev.decision.action is not Action.ALLOW or self.settings.record_allowed:
+            self._record(ev, time.time(), extra={"aupguard.passthrough": True})
+
+    def refused(self, client_id: str) -> bool:
+        """True (once) for a client connection refused at the SNI."""
+        return self._refused.pop(client_id, 0) is None
+
+    # --- throttling (agent.shaping) ---------------------------------------------------
+
+    def on_response_headers(self, flow: http.HTTPFlow, now: float) -> None:
+        """Stream, count and pace large transfers in the throttle schedule."""
+        if self.shaper is not None and flow.metadata.get(MARK_KEY) not in {"block", "warn"}:
+            groups = flow.metadata.get("aup_groups", frozenset())
+            self.shaper.on_response_headers(flow, groups, now)
+
+    def on_done(self, flow: http.HTTPFlow, now: float) -> None:
+        """End a paced transfer (log it) and count buffered bodies."""
+        if self.shaper is not None:
+            self.shaper.on_done(flow, now)
+
+    def on_request_start(self, flow: http.HTTPFlow) -> None:
+        """A new request on a connection: its previous paced response has been delivered."""
+        if self.shaper is not None:
+            self.shaper.release(flow.client_conn)
+
+    def on_client_gone(self, client: Any) -> None:
+        """Forget per-connection pacing state."""
+        if self.shaper is not None:
+            self.shaper.forget(client)

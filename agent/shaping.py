@@ -1,0 +1,134 @@
+"""Applies `agent.throttle` decisions to mitmproxy flows: stream, count, pace, log.
+
+Large bodies are streamed (never buffered); every streamed chunk is counted in the client's
+byte window; once a transfer is paced its socket gets its fair share of the client's and the
+aggregate pool (`agent.pacing`), re-balanced whenever a paced transfer starts or ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from mitmproxy import http
+
+from agent import pacing
+from agent.throttle import Throttle
+
+STREAM_ABOVE = 1_000_000  # bodies above this (or of unknown size) are streamed and counted
+log = structlog.get_logger("aupguard.throttle")
+
+
+@dataclass(slots=True)
+class Transfer:
+    """One paced transfer: its flow and counters for the log line."""
+
+    flow: http.HTTPFlow
+    client: str
+    started: float
+    paced_bytes: int = 0
+
+
+class Shaper:
+    """Per-flow throttling for the enforce addon."""
+
+    def __init__(self, throttle: Throttle, proxyserver: Callable[[], Any]) -> None:
+        self.throttle = throttle
+        self._proxyserver = proxyserver
+        self._paced: dict[str, Transfer] = {}
+        self._draining: dict[str, Any] = {}  # client connection id -> connection still paced
+
+    def on_response_headers(self, flow: http.HTTPFlow, groups: Iterable[str], now: float) -> None:
+        """Decide whether to pace; stream and count large or unknown-size bodies."""
+        resp = flow.response
+        if resp is None or self.throttle.exempt(flow.request.pretty_host, groups):
+            return
+        client = flow.client_conn.peername[0]
+        size = _content_length(resp)
+        if self.throttle.should_pace(client, size, now):
+            self._start(flow, client, now)
+        if flow.id in self._paced or size is None or size > STREAM_ABOVE:
+            resp.stream = self._counter(flow, client)
+
+    def _counter(self, flow: http.HTTPFlow, client: str) -> Callable[[bytes], bytes]:
+        def count(chunk: bytes) -> bytes:
+            now = time.time()
+            total = self.throttle.window.add(client, len(chunk), now)
+            transfer = self._paced.get(flow.id)
+            if transfer is not None:
+                transfer.paced_bytes += len(chunk)
+            elif total > self.throttle.spec.threshold and self.throttle.should_pace(
+                client, None, now
+            ):
+                self._start(flow, client, now)
+            return chunk
+
+        return count
+
+    def _start(self, flow: http.HTTPFlow, client: str, now: float) -> None:
+        self._paced[flow.id] = Transfer(flow, client, now)
+        self.throttle.start(flow.id, client)
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        server = self._proxyserver()
+        for key, rate in self.throttle.rates().items():
+            transfer = self._paced.get(str(key))
+            if transfer is None:
+                continue
+            conn = transfer.flow.client_conn
+            sock = pacing.connection_socket(server, conn, conn)
+            if sock is None:
+                log.warning("pacing_unavailable", flow=transfer.flow.id, reason="socket gone")
+                continue
+            pacing.set_rate(sock, rate)
+
+    def on_done(self, flow: http.HTTPFlow, now: float) -> None:
+        """Count buffered bodies; end a paced transfer's share and log it.
+
+        The socket stays paced: mitmproxy finishes a flow when the body is handed to the
+        transport, not when the client has it. `release` resets it at the connection's next
+        request (keep-alive reuses sockets) or its end.
+        """
+        transfer = self._paced.pop(flow.id, None)
+        if transfer is None:
+            resp = flow.response
+            if resp is not None and not resp.stream and resp.raw_content:
+                self.throttle.window.add(flow.client_conn.peername[0], len(resp.raw_content), now)
+            return
+        rate = self.throttle.rates().get(flow.id, 1)
+        self.throttle.finish(flow.id)
+        self._draining[flow.client_conn.id] = flow.client_conn
+        self._rebalance()
+        took = max(now - transfer.started, transfer.paced_bytes / rate)
+        log.info(
+            "throttled_transfer",
+            client=transfer.client,
+            host=flow.request.pretty_host,
+            bytes=transfer.paced_bytes,
+            duration_s=round(took, 3),
+            avg_rate=round(transfer.paced_bytes / took),
+        )
+
+    def release(self, client: Any) -> None:
+        """Unpace a connection whose paced response is delivered (its next request came)."""
+        conn = self._draining.pop(client.id, None)
+        if conn is None:
+            return
+        sock = pacing.connection_socket(self._proxyserver(), conn, conn)
+        if sock is not None:
+            pacing.set_rate(sock, None)
+
+    def forget(self, client: Any) -> None:
+        """The client connection closed: nothing left to unpace."""
+        self._draining.pop(client.id, None)
+
+
+def _content_length(resp: http.Response) -> int | None:
+    try:
+        return int(resp.headers["content-length"])
+    except (KeyError, ValueError):
+        return None

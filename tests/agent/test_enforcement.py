@@ -1,0 +1,62 @@
+"""Helpers of the proxy's act stage: host normalisation, the hosts a flow names, settings errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+with warnings.catch_warnings():  # pyparsing deprecations inside mitmproxy's imports
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from mitmproxy.test import tflow
+
+    from agent.enforcement import EnforcerSettings, flow_hosts, host_of, under
+from agent.config import load_config
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("Example.COM.", "example.com", id="case-and-dot"),
+        pytest.param("example.com:8443", "example.com", id="port"),
+        pytest.param("[2001:db8::1]:443", "2001:db8::1", id="v6-bracketed"),
+        pytest.param("2001:db8::1", "2001:db8::1", id="v6-bare"),
+        pytest.param("", None, id="empty"),
+        pytest.param(None, None, id="none"),
+    ],
+)
+def test_host_of(value, expected):
+    """Hosts are compared lower-case without port, brackets or trailing dot."""
+    assert host_of(value) == expected
+
+
+def test_flow_hosts_distinct():
+    """URL host, Host header, SNI and CONNECT authority are all collected, once each."""
+    f = tflow.tflow()
+    f.request.url = "https://a.test/x"
+    f.request.headers["host"] = "B.test"
+    f.client_conn.sni = "c.test"
+    f.server_conn.address = ("a.test", 443)
+    assert set(flow_hosts(f)) == {"a.test", "b.test", "c.test"}
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("bank.test", True), ("www.bank.test", True), ("notbank.test", False), ("test", False)],
+)
+def test_under(host, expected):
+    """Suffix match at label boundaries."""
+    assert under(host, {"bank.test"}) is expected
+
+
+def test_unknown_throttle_schedule_lists_names(tmp_path):
+    """A throttle schedule that does not exist is refused with the defined names."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "layer: t\npolicy:\n  timezone: UTC\n  schedules:\n"
+        '    business-hours: {days: [mon], start: "08:00", end: "17:00"}\n'
+        f"proxy:\n  throttle_schedule: busines-hours\n  token_secret_file: {tmp_path / 'k'}\n"
+        'records:\n  notice: {text: "NOTICE."}\n'
+    )
+    with pytest.raises(ValueError, match=r"unknown schedule 'busines-hours'.*business-hours"):
+        EnforcerSettings.from_config(load_config(policy), policy)

@@ -1,0 +1,70 @@
+"""agent.pacing: kernel pacing works here, and mitmproxy's internals still have the expected shape.
+
+If this file fails after a mitmproxy upgrade, agent/pacing.py must be adapted before release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import socket
+
+import pytest
+
+from agent import pacing
+
+
+def test_mitmproxy_internals_shape():
+    """Proxyserver.connections, ConnectionHandler.transports and ConnectionIO.writer exist."""
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():  # pyparsing deprecations inside mitmproxy's imports
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from mitmproxy.addons import proxyserver  # noqa: PLC0415
+        from mitmproxy.proxy import server  # noqa: PLC0415
+
+    assert "self.connections" in inspect.getsource(proxyserver.Proxyserver.__init__), (
+        "mitmproxy changed Proxyserver.connections: update agent/pacing.py"
+    )
+    assert "transports" in server.ConnectionHandler.__annotations__, (
+        "mitmproxy changed ConnectionHandler.transports: update agent/pacing.py"
+    )
+    fields = {f.name for f in dataclasses.fields(server.ConnectionIO)}
+    assert {"reader", "writer"} <= fields, "mitmproxy changed ConnectionIO: update agent/pacing.py"
+
+
+def test_connection_socket_lookup():
+    """The lookup walks connections -> transports -> writer socket, None when gone."""
+
+    class Writer:
+        def get_extra_info(self, name):
+            return "SOCK" if name == "socket" else None
+
+    class IO:
+        writer = Writer()
+
+    class Handler:
+        def __init__(self):
+            self.transports = {"conn": IO()}
+
+    class Client:
+        id = "c1"
+
+    class Server:
+        def __init__(self):
+            self.connections = {"c1": Handler()}
+
+    assert pacing.connection_socket(Server(), Client(), "conn") == "SOCK"
+    assert pacing.connection_socket(Server(), Client(), "other") is None
+    with pytest.raises(pacing.PacingUnavailableError):
+        pacing.connection_socket(object(), Client(), "conn")
+
+
+def test_set_and_reset_rate():
+    """SO_MAX_PACING_RATE is set (compensated) and reset to unlimited."""
+    a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with a:
+        pacing.set_rate(a, 1_000_000)
+        assert pacing.get_rate(a) == int(1_000_000 * pacing.COMPENSATION)
+        pacing.set_rate(a, None)
+        assert pacing.get_rate(a) == pacing.UNLIMITED

@@ -1,0 +1,314 @@
+"""Fixtures for the proxy integration tests: a test PKI, local origins and a real mitmdump."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import ipaddress
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parents[2]
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+
+POLICY = """\
+layer: proxy-test
+policy:
+  timezone: UTC
+  default_action: allow
+  schedules:
+    always: {{days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "23:59", skip_holidays: false}}
+  categories:
+    gambling: {{clause: "Gambling on state systems is prohibited.", lists: [gambling.txt]}}
+    games: {{clause: "Games are limited on state systems.", lists: [games.txt]}}
+    social_networks: {{clause: "Social media use is recorded.", lists: [social.txt]}}
+  rules:
+    - {{id: no-gambling, categories: [gambling], action: block}}
+    - {{id: games, categories: [games], action: warn}}
+    - {{id: social, categories: [social_networks], action: log}}
+proxy:
+  no_decrypt_hosts: [localhost]
+  token_secret_file: {tmp}/continue.key
+  tenant_headers:
+    localhost: {{X-GoogApps-Allowed-Domains: "agency.example.gov"}}
+{proxy_extra}
+records:
+  notice: {{text: "NOTICE OF ELECTRONIC MONITORING. Integration test notice."}}
+lists:
+  cache_dir: {tmp}/cache
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pki:
+    ca_pem: Path
+    cert_pem: Path
+    key_pem: Path
+    self_signed_pem: Path
+    self_signed_key: Path
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key, issuer_name, issuer_key, *, ca: bool) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        b = b.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+    else:
+        b = b.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path: Path, cert: x509.Certificate | None = None, key=None) -> Path:
+    if cert is not None:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    else:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def proxy_pki(tmp_path_factory) -> Pki:
+    """A test CA, an origin certificate it signs, and a self-signed (untrusted) certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    ca_key, leaf_key, bad_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = _cert("aupguard test CA", ca_key, _name("aupguard test CA"), ca_key, ca=True)
+    leaf = _cert("localhost", leaf_key, ca.subject, ca_key, ca=False)
+    bad = _cert("localhost", bad_key, _name("localhost"), bad_key, ca=False)
+    return Pki(
+        _write(d / "ca.pem", ca),
+        _write(d / "leaf.pem", leaf),
+        _write(d / "leaf.key", key=leaf_key),
+        _write(d / "bad.pem", bad),
+        _write(d / "bad.key", key=bad_key),
+    )
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/big"):
+            size = int(self.path.partition("=")[2] or 1_000_000)
+            self.send_response(200)
+            self.send_header("content-length", str(size))
+            self.end_headers()
+            chunk = b"x" * 65536
+            sent = 0
+            while sent < size:
+                n = min(len(chunk), size - sent)
+                self.wfile.write(chunk[:n])
+                sent += n
+            return
+        body = f"origin:{self.path}".encode()
+        status = 200
+        if self.path.startswith("/tenant"):  # like Google: only the agency's tenant may sign in
+            allowed = self.headers.get("X-GoogApps-Allowed-Domains")
+            status = 200 if allowed == "agency.example.gov" else 403
+            body = f"tenant:{allowed}".encode()
+        self.send_response(status)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@dataclass
+class Origins:
+    http: int
+    https: int
+    bad_https: int
+
+
+def _serve(ctx: ssl.SSLContext | None) -> tuple[http.server.ThreadingHTTPServer, int]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    if ctx is not None:
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    return srv, srv.server_address[1]
+
+
+@pytest.fixture(scope="module")
+def proxy_origins(proxy_pki) -> Iterator[Origins]:
+    """A plain HTTP origin, an HTTPS origin with a test-CA certificate, one with a self-signed one."""
+    good = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    good.load_cert_chain(proxy_pki.cert_pem, proxy_pki.key_pem)
+    bad = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    bad.load_cert_chain(proxy_pki.self_signed_pem, proxy_pki.self_signed_key)
+    servers = [_serve(None), _serve(good), _serve(bad)]
+    yield Origins(*(port for _, port in servers))
+    for srv, _ in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+@dataclass
+class Proxy:
+    port: int
+    url: str
+    confdir: Path
+    records: Path
+    ca: Path
+    proc: subprocess.Popen[bytes]
+
+    def read_records(self, want: int, timeout: float = 5.0) -> list[dict]:
+        """Poll the records file until it holds `want` lines (bounded wait)."""
+        import json  # noqa: PLC0415
+
+        deadline = time.monotonic() + timeout
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            if self.records.exists():
+                lines = self.records.read_text().splitlines()
+                if len(lines) >= want:
+                    break
+            time.sleep(0.05)
+        return [json.loads(x) for x in lines]
+
+
+def write_lists(d: Path) -> None:
+    (d / "gambling.txt").write_text("casino.test\n")
+    (d / "games.txt").write_text("localhost/games\n")
+    (d / "social.txt").write_text("localhost/social\n")
+
+
+def start_mitmdump(
+    d: Path, pki: Pki, proxy_extra: str = "", extra_args: tuple[str, ...] = ()
+) -> Proxy:
+    """Start `mitmdump -s addons/enforce.py` on a free loopback port; wait until it listens."""
+    write_lists(d)
+    policy = d / "policy.yaml"
+    policy.write_text(POLICY.format(tmp=d, proxy_extra=proxy_extra))
+    port, confdir, records = free_port(), d / "confdir", d / "records.jsonl"
+    cmd = [
+        str(MITMDUMP),
+        "-q",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "-s",
+        str(ROOT / "addons" / "enforce.py"),
+        "--set",
+        f"confdir={confdir}",
+        "--set",
+        "connection_strategy=lazy",
+        "--set",
+        f"ssl_verify_upstream_trusted_ca={pki.ca_pem}",
+        "--set",
+        f"aup_policy={policy}",
+        "--set",
+        f"aup_records={records}",
+        *extra_args,
+    ]
+    with (d / "mitmdump.log").open("wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=d,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"mitmdump exited {proc.returncode}: {(d / 'mitmdump.log').read_text()}"
+            )
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("mitmdump did not start listening within 30 s")
+    return Proxy(
+        port, f"http://127.0.0.1:{port}", confdir, records, confdir / "mitmproxy-ca-cert.pem", proc
+    )
+
+
+def stop(proxy: Proxy) -> None:
+    proxy.proc.terminate()
+    try:
+        proxy.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proxy.proc.kill()
+        proxy.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def proxy_mitmdump(tmp_path_factory, proxy_pki, proxy_origins) -> Iterator[Proxy]:
+    """A real mitmdump with the addon and a small test policy, on a free loopback port."""
+    proxy = start_mitmdump(tmp_path_factory.mktemp("proxy"), proxy_pki)
+    yield proxy
+    stop(proxy)
+
+
+THROTTLE_RATE = 2_000_000
+THROTTLE = f"""\
+  throttle_schedule: always
+  throttle_threshold: 1000000
+  throttle_client_rate: {THROTTLE_RATE}
+  throttle_aggregate_rate: {THROTTLE_RATE * 4}
+  throttle_window: 60
+"""
+
+
+@pytest.fixture(scope="module")
+def proxy_throttled(tmp_path_factory, proxy_pki, proxy_origins) -> Iterator[Proxy]:
+    """A real mitmdump whose policy throttles transfers above 1 MB to 2 MB/s, all week."""
+    proxy = start_mitmdump(tmp_path_factory.mktemp("throttled"), proxy_pki, THROTTLE)
+    yield proxy
+    stop(proxy)
