@@ -237,6 +237,8 @@ class ProxySection:
     throttle_window: int = 300  # seconds over which a client's bytes add up
     throttle_exempt_groups: tuple[str, ...] = ()
     throttle_exempt_hosts: tuple[str, ...] = ()
+    # host suffix -> headers added to every request to it (tenant restrictions, docs/proxy.md)
+    tenant_headers: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
