@@ -29,7 +29,7 @@ import re
 import struct
 import time
 from array import array
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from itertools import accumulate, repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -342,7 +342,7 @@ class CompiledIndex:
             if end - start == 1 or lid not in seen:
                 seen.add(lid)
                 source = f"{self._labels[lid]}:{self._lines[r]}"
-                out.append(_match(self._cats[lid], entry, source, _HOST, rank))
+                out.append(Match(self._cats[lid], entry, source, _HOST, rank))
         return out
 
     def list_url_rules(self) -> Iterator[tuple[str | None, str, str, str]]:
@@ -453,7 +453,7 @@ class Classifier:
         keys = self._prefixes(rev)
         local = self._local_prefixes(rev)
         if not keys and not local:
-            return _classification(host, path, (), ())
+            return Classification(host, path, (), ())
         found = self._index.matches_for(keys) if keys else []
         for key in local:
             host_matches, url_rules = self._local[key]
@@ -461,7 +461,7 @@ class Classifier:
             if path is not None:
                 found += [m for rule, m in url_rules if _path_matches(path, rule)]
         if not found:
-            return _classification(host, path, (), ())
+            return Classification(host, path, (), ())
         return _rank(host, path, found)
 
     def has_url_rules_for(self, host: str) -> bool:
@@ -489,7 +489,7 @@ def _path_matches(path: str, rule: str) -> bool:
 def _rank(host: str, path: str | None, found: list[Match]) -> Classification:
     """Split matches: top rank level (never-block wins there) vs. the rest, most specific first."""
     if len(found) == 1:
-        return _classification(host, path, (found[0],), ())
+        return Classification(host, path, (found[0],), ())
     top = max([m.rank for m in found])
     winners = [m for m in found if m.rank == top]
     if any(m.category is None for m in winners):
@@ -497,11 +497,11 @@ def _rank(host: str, path: str | None, found: list[Match]) -> Classification:
     if len(winners) > 1:
         winners.sort(key=_BY_SOURCE)  # all None (never-block) or all categories
     if len(winners) == len(found):
-        return _classification(host, path, tuple(winners), ())
+        return Classification(host, path, tuple(winners), ())
     won = {id(m) for m in winners}
     rest = sorted((m for m in found if id(m) not in won), key=_by_source)
     rest.sort(key=_BY_RANK, reverse=True)
-    return _classification(host, path, tuple(winners), tuple(rest))
+    return Classification(host, path, tuple(winners), tuple(rest))
 
 
 _BY_SOURCE, _BY_RANK = attrgetter("category", "source"), attrgetter("rank")
@@ -511,33 +511,3 @@ def _by_source(m: Match) -> tuple[str, str]:
     return (m.category or "", m.source)
 
 
-def _slot_constructor[T](cls: type[T], names: tuple[str, ...]) -> Callable[..., T]:
-    """Return a faster `cls(*values)` for a frozen slotted dataclass of 4 or 5 fields.
-
-    The generated `__init__` pays for a frozen `__setattr__` per field (~0.25 us per object
-    here); slot descriptors skip that. Falls back to `cls` if its fields are not `names`.
-    """
-    if tuple(f.name for f in fields(cls)) != names:  # type: ignore[arg-type]
-        return cls
-    new, setters = object.__new__, tuple(getattr(cls, n).__set__ for n in names)
-    if len(names) == 4:
-        s0, s1, s2, s3 = setters
-
-        def make4(a: object, b: object, c: object, d: object) -> T:
-            o = new(cls)
-            s0(o, a), s1(o, b), s2(o, c), s3(o, d)
-            return o
-
-        return make4
-    s0, s1, s2, s3, s4 = setters
-
-    def make5(a: object, b: object, c: object, d: object, e: object) -> T:
-        o = new(cls)
-        s0(o, a), s1(o, b), s2(o, c), s3(o, d), s4(o, e)
-        return o
-
-    return make5
-
-
-_classification = _slot_constructor(Classification, ("host", "path", "matches", "overridden"))
-_match = _slot_constructor(Match, ("category", "entry", "source", "kind", "rank"))

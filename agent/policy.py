@@ -136,7 +136,8 @@ class Policy:
         """The decision for one request; pure given the compiled policy."""
         best: tuple[Action, int, str, Rule] | None = None
         restricting: set[str] = set()
-        for cat in cls.categories:
+        categories = cls.categories
+        for cat in categories:
             for rule in self._by_category.get(cat, ()):
                 if rule.applies(client, now):
                     if rule.action > Action.ALLOW:
@@ -144,7 +145,7 @@ class Policy:
                     if best is None or (rule.action, -rule.order) > (best[0], -best[1]):
                         best = (rule.action, rule.order, cat, rule)
         if best is None:
-            return self._default(cls)
+            return self._default(cls, categories)
         action, _, category, rule = best
         if action > Action.ALLOW:
             for grant in self.grants:
@@ -154,7 +155,7 @@ class Policy:
         return Decision(
             action=action,
             category=category,
-            categories=cls.categories,
+            categories=categories,
             rule=rule.id,
             layer=rule.layer,
             schedule=rule.schedule.name if rule.schedule else None,
@@ -164,24 +165,22 @@ class Policy:
             clause=self.clauses.get(category),
         )
 
-    def _default(self, cls: Classification) -> Decision:
+    def _default(self, cls: Classification, categories: tuple[str, ...]) -> Decision:
         action = self.default_action
-        if cls.never_blocked:
+        if not categories and cls.matches:
             entry = cls.matches[0]
             reason = f"{action.label}: never-block entry {entry.entry!r} ({entry.source})"
             label = f"{action.label}_never_block"
-        elif cls.categories:
-            reason = (
-                f"{action.label}: {', '.join(cls.categories)} has no rule in force; default action"
-            )
+        elif categories:
+            reason = f"{action.label}: {', '.join(categories)} has no rule in force; default action"
             label = f"{action.label}_default"
         else:
             reason = f"{action.label}: no list matches {cls.host}; default action"
             label = f"{action.label}_uncategorized"
         return Decision(
             action=action,
-            category=cls.categories[0] if cls.categories else None,
-            categories=cls.categories,
+            category=categories[0] if categories else None,
+            categories=categories,
             rule="default",
             layer=None,
             schedule=None,

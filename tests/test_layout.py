@@ -10,7 +10,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Modules whose behaviour is covered through another module's tests, and why.
 COVERED_ELSEWHERE = {
     "agent/__main__.py": "tests/agent/test_cli.py runs `python -m agent`",
-    "agent/model.py": "value types exercised by every stage's tests",
     "agent/errors.py": "exception types asserted where they are raised",
     "agent/schema.py": "the decoder is tested through tests/agent/test_config.py tables",
     "agent/config_check.py": "cross-reference checks are tested in tests/agent/test_config.py",

@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 from agent.classifier import (
     Classifier,
     CompiledIndex,
-    _classification,
-    _match,
     _split_slow,
     build_index,
     load_index,
@@ -24,7 +22,7 @@ from agent.classifier import (
 )
 from agent.errors import ListRejected
 from agent.lists import ListFormat, ListSource
-from agent.model import Classification, Match, MatchKind
+from agent.model import Match
 
 UT1 = Path(__file__).resolve().parents[3] / "shared/blocklists/ut1"
 
@@ -166,13 +164,6 @@ def test_split_url_fast_path_agrees_with_full_path(scheme: str, host: str, path:
     """The fast path for clean ASCII URLs gives what the full parser gives."""
     url = scheme + host + path
     assert split_url(url) == _split_slow(url)
-
-
-def test_slot_constructors_equal_dataclass_init() -> None:
-    """The fast constructors build objects equal to the dataclasses' own."""
-    m = Match("webmail", "x.com", "f:1", MatchKind.HOST, (0, 2, 0))
-    assert _match("webmail", "x.com", "f:1", MatchKind.HOST, (0, 2, 0)) == m
-    assert _classification("x.com", None, (m,), ()) == Classification("x.com", None, (m,))
 
 
 # --- suffix matching -------------------------------------------------------------------------
