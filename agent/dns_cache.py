@@ -1,0 +1,223 @@
+"""Answer cache: wire-format responses keyed by question, TTLs honoured and clamped, bounded.
+
+An entry is a prepared response (id 0, question at offset 12) plus the offsets of its TTL
+fields; a hit re-stamps the TTLs with the time left (at most once per second per entry) and
+the server patches in the client's id. Negative answers (NXDOMAIN, NODATA) are cached for
+the SOA minimum, clamped to `negative_ttl` (RFC 2308).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from agent import dns_wire
+from agent.model import Action, Classification, Client, Decision, Request, Source
+
+if TYPE_CHECKING:
+    from agent.pipeline import Engine
+    from agent.runtime import Runtime
+
+CacheKey = tuple[bytes, int, int, bool]  # (wire name, qtype, qclass, client sent EDNS)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One cached response: its bytes at `stored`, TTL fields, expiry and CNAME targets.
+
+    `aliases` are the names the answer CNAMEs into: the server checks them per client
+    (CNAME cloaking), because the cache is shared by clients of every group.
+    """
+
+    wire: bytes
+    offsets: list[tuple[int, int]]
+    stored: float
+    expires: float
+    aliases: tuple[bytes, ...] = ()
+    stamped: tuple[int, bytes] = field(default=(-1, b""))
+
+    def render(self, now: float) -> bytes:
+        """The response with TTLs lowered by the whole seconds since it was stored."""
+        elapsed = int(now - self.stored)
+        if self.stamped[0] != elapsed:
+            self.stamped = (elapsed, dns_wire.set_ttls(self.wire, self.offsets, elapsed))
+        return self.stamped[1]
+
+
+class DnsCache:
+    """A bounded TTL cache; the oldest insertion is evicted first when full."""
+
+    def __init__(
+        self,
+        max_entries: int = 100_000,
+        min_ttl: int = 0,
+        max_ttl: int = 86_400,
+        negative_ttl: int = 300,
+    ) -> None:
+        self.max_entries = max_entries
+        self.min_ttl = min_ttl
+        self.max_ttl = max_ttl
+        self.negative_ttl = negative_ttl
+        self._entries: dict[CacheKey, Entry] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey, now: float) -> Entry | None:
+        """The live entry (`entry.render(now)` gives the bytes) or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if now >= entry.expires:
+            del self._entries[key]
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry
+
+    def put(
+        self, key: CacheKey, wire: bytes, qend: int, now: float, aliases: tuple[bytes, ...] = ()
+    ) -> bool:
+        """Cache a response with its question ending at `qend`; False when not cacheable."""
+        if self.max_entries <= 0:
+            return False
+        offsets = dns_wire.rr_ttl_offsets(wire, qend)
+        rcode = wire[3] & 0x0F
+        if offsets is None or rcode not in (0, dns_wire.RCODE_NXDOMAIN) or wire[2] & 0x02:
+            return False  # malformed, SERVFAIL/REFUSED or truncated: never cached
+        lifetime = self.lifetime(wire, offsets, rcode)
+        if lifetime <= 0:
+            return False
+        if key not in self._entries and len(self._entries) >= self.max_entries:
+            self._evict(now)
+        self._entries[key] = Entry(wire, offsets, now, now + lifetime, aliases)
+        return True
+
+    def lifetime(self, wire: bytes, offsets: list[tuple[int, int]], rcode: int) -> int:
+        """Seconds to keep a response: smallest TTL clamped, or the negative TTL."""
+        answers = int.from_bytes(wire[6:8])
+        if rcode == dns_wire.RCODE_NXDOMAIN or answers == 0:
+            soa = min((ttl for _, ttl in offsets), default=self.negative_ttl)
+            return min(max(soa, self.min_ttl), self.negative_ttl)
+        smallest = min(ttl for _, ttl in offsets[:answers]) if offsets else self.min_ttl
+        return min(max(smallest, self.min_ttl), self.max_ttl)
+
+    def _evict(self, now: float) -> None:
+        """Drop expired entries, or else the oldest tenth."""
+        expired = [k for k, e in self._entries.items() if e.expires <= now]
+        if not expired:
+            expired = list(self._entries)[: max(1, self.max_entries // 10)]
+        for k in expired:
+            del self._entries[k]
+
+    def clear(self) -> None:
+        """Forget everything (policy reloads clear it: answers depend on the policy)."""
+        self._entries.clear()
+
+
+# --- decisions ----------------------------------------------------------------------------
+
+Verdict = tuple[Request, Decision]
+
+
+class Verdicts:
+    """`Engine.evaluate()` memoised per (client groups, name) for one engine and time epoch.
+
+    The memo is emptied when the runtime swaps engines (reload), when a schedule starts or
+    ends, and every quarter hour (date-based expiry), so the hot path is a dict hit and never
+    stale.
+    """
+
+    def __init__(self, runtime: Runtime, max_entries: int = 200_000) -> None:
+        self.runtime = runtime
+        self.max_entries = max_entries
+        self.engine: Engine | None = None
+        self._minute = -1
+        self._epoch: tuple[int, tuple[bool, ...]] = (-1, ())
+        self._clients: dict[str, Client] = {}
+        self._memo: dict[tuple[frozenset[str], bytes], Verdict | None] = {}
+
+    def _refresh(self, now: float) -> Engine:
+        """Swap to a reloaded engine; empty the memo when a time-dependent input changed."""
+        engine = self.runtime.engine
+        minute = int(now // 60)
+        if engine is self.engine and minute == self._minute:
+            return engine
+        # Checked once a minute: which schedules are in force, and the quarter hour (dates,
+        # and so exception expiry, change on quarter hours in every time zone).
+        epoch = (int(now // 900), tuple(s.is_active(now) for s in engine.policy.schedules.values()))
+        if engine is not self.engine:
+            self._clients.clear()
+            self._memo.clear()
+        elif epoch != self._epoch:
+            self._memo.clear()
+        self.engine, self._minute, self._epoch = engine, minute, epoch
+        return engine
+
+    def client(self, ip: str, now: float) -> Client:
+        """The client's address groups (no user: DNS never sees one)."""
+        engine = self._refresh(now)
+        client = self._clients.get(ip)
+        if client is None:
+            if len(self._clients) >= 65_536:
+                self._clients.clear()
+            client = self._clients[ip] = engine.identity.identify(ip)
+        return client
+
+    def decide(self, client: Client, name: bytes, now: float) -> Verdict | None:
+        """(request, decision) for a wire name; None for a name that is not a valid host."""
+        key = (client.groups, name)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        engine = self._refresh(now)
+        try:
+            ev = engine.evaluate(
+                client.ip, dns_wire.to_text(name), now=now, source=Source.DNS, host_only=True
+            )
+        except ValueError:
+            verdict = None  # not a host name: no list can hold it, so it resolves as usual
+        else:
+            verdict = (ev.request, ev.decision)
+        if len(self._memo) >= self.max_entries:
+            self._memo.clear()
+        self._memo[key] = verdict
+        return verdict
+
+    def cloaked(self, client: Client, aliases: tuple[bytes, ...], now: float) -> bool:
+        """True when an answer CNAMEs into a name blocked for this client."""
+        for alias in aliases:
+            verdict = self.decide(client, alias, now)
+            if verdict is not None and self.enforced(verdict[1]):
+                return True
+        return False
+
+    @staticmethod
+    def enforced(decision: Decision) -> bool:
+        """DNS enforces host-level blocks that hold for every user behind the address."""
+        return decision.action is Action.BLOCK and decision.user_independent
+
+    @staticmethod
+    def synthetic(name: str, kind: str) -> Verdict:
+        """A decision for a query refused before policy (outside allow_clients, rate limit)."""
+        reason = {
+            "refused": "client outside dns.allow_clients",
+            "rate-limited": "client over dns.rate_limit",
+        }.get(kind, kind)
+        label = kind.replace("-", "_")
+        decision = Decision(
+            Action.BLOCK,
+            None,
+            (),
+            f"dns-{kind}",
+            None,
+            None,
+            reason,
+            f"dns_{label}",
+            Classification(name, None),
+        )
+        return Request(host=name, source=Source.DNS), decision

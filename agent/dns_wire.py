@@ -1,0 +1,397 @@
+"""DNS wire format fast path: read the question straight from the bytes, patch prepared answers.
+
+Parsing every packet with dnslib costs ~17 us (FACTS.md); the common query (one question,
+no answers, at most an OPT record) is read here in a few slices instead. Anything unusual
+returns None and goes to the dnslib slow path. Names are kept in *wire form*, lower-cased,
+so that a suffix is a slice at a label boundary.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from dnslib import AAAA as RD_AAAA
+from dnslib import (
+    EDNS0,
+    QTYPE,
+    RD,
+    RR,
+    SOA,
+    DNSBuffer,
+    DNSError,
+    DNSHeader,
+    DNSLabel,
+    DNSQuestion,
+    DNSRecord,
+)
+from dnslib import A as RD_A
+
+from agent.config import BlockMode, DnsSection
+
+MAX_NAME = 255
+MAX_LABEL = 63
+HEADER = 12
+T_OPT = 41
+T_SVCB = 64
+T_HTTPS = 65
+SVC_ECH = 5
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+EDNS_SIZE = 1232
+
+# Bypass names answered here whatever the policy (docs/dns.md): Firefox's DoH canary and
+# iCloud Private Relay get NXDOMAIN, DDR discovery (RFC 9462) gets NODATA.
+SPECIAL: dict[bytes, str] = {
+    b"\x13use-application-dns\x03net\x00": "nxdomain",
+    b"\x04mask\x06icloud\x03com\x00": "nxdomain",
+    b"\x07mask-h2\x06icloud\x03com\x00": "nxdomain",
+    b"\x04_dns\x08resolver\x04arpa\x00": "nodata",
+}
+
+_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+_HHHH = struct.Struct("!HHHH")
+_HH = struct.Struct("!HH")
+_HHH = struct.Struct("!HHH")
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """The one question of a plain query.
+
+    `name` is the lower-cased wire name; `qend` is the offset just past QTYPE/QCLASS;
+    `edns` is the client's UDP payload size (None without OPT); `flags` the header flags.
+    """
+
+    id: int
+    flags: int
+    name: bytes
+    qtype: int
+    qclass: int
+    qend: int
+    edns: int | None
+
+
+def read_name(data: bytes, offset: int) -> tuple[bytes, int] | None:
+    """An uncompressed wire name at `offset` and the offset after it; None if invalid.
+
+    Compression pointers are not followed (a question has no earlier name to point to).
+    """
+    start = offset
+    size = len(data)
+    while offset < size:
+        n = data[offset]
+        if n == 0:
+            offset += 1
+            if offset - start > MAX_NAME:
+                return None
+            return data[start:offset], offset
+        if n > MAX_LABEL:
+            return None
+        offset += n + 1
+    return None
+
+
+def parse_query(data: bytes) -> Question | None:
+    """The question of a standard query with QDCOUNT 1, or None for anything else."""
+    if len(data) < HEADER + 5:
+        return None
+    ident, flags = _HH.unpack_from(data, 0)
+    qd, an, ns, ar = _HHHH.unpack_from(data, 4)
+    if flags & 0xF800 or qd != 1 or an or ns or ar > 1:
+        return None  # a response, a non-QUERY opcode or an unusual layout
+    read = read_name(data, HEADER)
+    if read is None or read[1] + 4 > len(data):
+        return None
+    name, off = read
+    qtype, qclass = _HH.unpack_from(data, off)
+    qend = off + 4
+    edns = None
+    if ar:
+        edns = _read_opt(data, qend)
+        if edns is None:
+            return None
+    elif qend != len(data):
+        return None
+    return Question(ident, flags, name.translate(_LOWER), qtype, qclass, qend, edns)
+
+
+def _read_opt(data: bytes, offset: int) -> int | None:
+    """The payload size of an OPT record that ends the message exactly; else None."""
+    if len(data) < offset + 11 or data[offset] != 0:
+        return None
+    rtype, size = _HH.unpack_from(data, offset + 1)
+    rdlen = int.from_bytes(data[offset + 9 : offset + 11])
+    if rtype != T_OPT or offset + 11 + rdlen != len(data):
+        return None
+    return max(int(size), 512)
+
+
+def suffixes(name: bytes) -> list[bytes]:
+    """Every suffix of a wire name at a label boundary, longest first, root excluded."""
+    out = []
+    i = 0
+    while name[i]:
+        out.append(name[i:])
+        i += name[i] + 1
+    return out
+
+
+def to_text(name: bytes) -> str:
+    r"""`\x03www\x07example\x03com\x00` -> `www.example.com` (no trailing dot)."""
+    labels = []
+    i = 0
+    while name[i]:
+        labels.append(name[i + 1 : i + 1 + name[i]].decode("ascii", "replace"))
+        i += name[i] + 1
+    return ".".join(labels)
+
+
+def to_wire(text: str) -> bytes:
+    """`www.example.com` -> wire form (lower case); ValueError for an invalid name."""
+    out = bytearray()
+    for label in text.strip(".").lower().split(".") if text.strip(".") else []:
+        raw = label.encode("ascii")
+        if not raw or len(raw) > MAX_LABEL:
+            raise ValueError(f"invalid label in {text!r}")
+        out += bytes([len(raw)]) + raw
+    out += b"\x00"
+    if len(out) > MAX_NAME:
+        raise ValueError(f"name too long: {text!r}")
+    return bytes(out)
+
+
+def patch(template: bytes, query: bytes, q: Question) -> bytes:
+    """A prepared response for `q`: the client's id, RD/CD bits and question (its 0x20 case).
+
+    The template's question must be at offset 12 with the same name length, which is how
+    every prepared response is built.
+    """
+    b2 = (template[2] & 0xFE) | (query[2] & 0x01)
+    b3 = (template[3] & 0xEF) | (query[3] & 0x10)
+    return (
+        query[:2]
+        + bytes((b2, b3))
+        + template[4:HEADER]
+        + query[HEADER : q.qend - 4]
+        + template[q.qend - 4 :]
+    )
+
+
+def error_reply(query: bytes, rcode: int) -> bytes | None:
+    """A header-only reply (FORMERR, REFUSED...) echoing the id; None for a non-query."""
+    if len(query) < HEADER or query[2] & 0x80:
+        return None  # too short to answer, or a response: never answer those (loops)
+    flags = 0x8000 | (query[2] & 0x79) << 8 | (query[3] & 0x10) | rcode
+    return query[:2] + _HH.pack(flags, 0) + b"\x00" * 6
+
+
+def refused_reply(query: bytes, q: Question) -> bytes:
+    """REFUSED with the question echoed (RFC 1035 style, what dig expects)."""
+    flags = 0x8000 | (q.flags & 0x7900) | (q.flags & 0x10) | RCODE_REFUSED
+    return query[:2] + _HHHH.pack(flags, 1, 0, 0) + b"\x00\x00" + query[HEADER : q.qend]
+
+
+def truncated(response: bytes, qend: int, *, edns: bool) -> bytes:
+    """The header and question of `response` with TC set and no records (OPT kept)."""
+    b2 = response[2] | 0x02
+    head = response[:2] + bytes((b2, response[3])) + response[4:6] + b"\x00\x00\x00\x00"
+    if not edns:
+        return head + b"\x00\x00" + response[HEADER:qend]
+    return head + b"\x00\x01" + response[HEADER:qend] + _OPT
+
+
+def strip_ech(rdata: bytes) -> bytes:
+    """SVCB/HTTPS RDATA without the `ech` SvcParam (RFC 9460 key 5); unchanged if malformed."""
+    read = read_name(rdata, 2)
+    if read is None:
+        return rdata
+    off = read[1]
+    out = bytearray(rdata[:off])
+    while off + 4 <= len(rdata):
+        key, length = _HH.unpack_from(rdata, off)
+        end = off + 4 + length
+        if end > len(rdata):
+            return rdata
+        if key != SVC_ECH:
+            out += rdata[off:end]
+        off = end
+    return bytes(out) if off == len(rdata) else rdata
+
+
+def rr_ttl_offsets(data: bytes, qend: int) -> list[tuple[int, int]] | None:
+    """(offset, ttl) of every record's TTL after the question, OPT excluded; None if malformed."""
+    counts = _HHH.unpack_from(data, 6)
+    off = qend
+    out: list[tuple[int, int]] = []
+    for _ in range(sum(counts)):
+        off = skip_name(data, off)
+        if off < 0 or off + 10 > len(data):
+            return None
+        rtype = int.from_bytes(data[off : off + 2])
+        ttl = int.from_bytes(data[off + 4 : off + 8])
+        if rtype != T_OPT:
+            out.append((off + 4, ttl))
+        off += 10 + int.from_bytes(data[off + 8 : off + 10])
+    return out if off == len(data) else None
+
+
+def skip_name(data: bytes, off: int) -> int:
+    """The offset after a (possibly compressed) name at `off`; -1 when malformed."""
+    while off < len(data):
+        n = data[off]
+        if n == 0:
+            return off + 1
+        if n & 0xC0 == 0xC0:
+            return off + 2
+        if n > MAX_LABEL:
+            return -1
+        off += n + 1
+    return -1
+
+
+def set_ttls(data: bytes, offsets: list[tuple[int, int]], elapsed: int) -> bytes:
+    """`data` with every listed TTL lowered by `elapsed` seconds (not below 0)."""
+    buf = bytearray(data)
+    for off, ttl in offsets:
+        struct.pack_into("!I", buf, off, max(ttl - elapsed, 0))
+    return bytes(buf)
+
+
+_OPT = b"\x00" + struct.pack("!HHIH", T_OPT, EDNS_SIZE, 0, 0)
+
+
+# --- dnslib: building prepared answers and reading unusual packets ------------------------
+
+
+def _label(name: bytes) -> DNSLabel:
+    labels = []
+    i = 0
+    while name[i]:
+        labels.append(name[i + 1 : i + 1 + name[i]])
+        i += name[i] + 1
+    return DNSLabel(labels)
+
+
+def label_wire(label: DNSLabel) -> bytes:
+    """A dnslib label as a lower-cased wire name."""
+    return (b"".join(bytes([len(p)]) + p for p in label.label) + b"\x00").translate(_LOWER)
+
+
+def make_reply(q: Question, rcode: int, *sections: list[Any]) -> bytes:
+    """A response template (id 0, question at offset 12) with answer/authority/additional."""
+    rr, auth, ar = (list(s) for s in (*sections, [], [], [])[:3])
+    rec = DNSRecord(
+        DNSHeader(id=0, qr=1, rd=1, ra=1, rcode=rcode),
+        q=DNSQuestion(_label(q.name), q.qtype, q.qclass),
+        rr=rr,
+        auth=auth,
+        ar=ar,
+    )
+    if q.edns is not None:
+        rec.add_ar(EDNS0(udp_len=EDNS_SIZE))
+    return bytes(rec.pack())
+
+
+class Answers:
+    """Prepared answers (blocked names, bypass names, SERVFAIL) and upstream reply rewriting."""
+
+    def __init__(self, section: DnsSection, max_entries: int = 50_000) -> None:
+        self.mode = section.block_mode
+        self.ttl = section.block_ttl
+        self.addrs: dict[int, str] = {}
+        if self.mode is BlockMode.NULL:
+            self.addrs = {QTYPE.A: "0.0.0.0", QTYPE.AAAA: "::"}
+        elif self.mode is BlockMode.BLOCKPAGE:
+            given = ((QTYPE.A, section.blockpage_ipv4), (QTYPE.AAAA, section.blockpage_ipv6))
+            for qtype, text in given:
+                if text:
+                    self.addrs[qtype] = str(ipaddress.ip_address(text))
+            if not self.addrs:
+                raise ValueError("dns.block_mode blockpage needs dns.blockpage_ipv4 or _ipv6")
+        self.max_entries = max_entries
+        self._prepared: dict[tuple[bytes, int, int, bool, str], bytes] = {}
+
+    def special(self, name: bytes) -> str | None:
+        """`nxdomain`/`nodata` for a bypass name, else None."""
+        return SPECIAL.get(name)
+
+    def prepared(self, q: Question, kind: str) -> bytes:
+        """The template for `kind` (block, nxdomain, nodata) answering `q`, built once."""
+        key = (q.name, q.qtype, q.qclass, q.edns is not None, kind)
+        wire = self._prepared.get(key)
+        if wire is None:
+            if len(self._prepared) >= self.max_entries:
+                self._prepared.clear()
+            wire = self._prepared[key] = self._build(q, kind)
+        return wire
+
+    def servfail(self, q: Question) -> bytes:
+        """SERVFAIL for `q` (not cached)."""
+        return make_reply(q, RCODE_SERVFAIL)
+
+    def _build(self, q: Question, kind: str) -> bytes:
+        label = _label(q.name)
+        soa = RR(
+            label,
+            QTYPE.SOA,
+            ttl=self.ttl,
+            rdata=SOA(
+                "aupguard.invalid.", "hostmaster.aupguard.invalid.", (1, 3600, 600, 86400, self.ttl)
+            ),
+        )
+        if kind == "nxdomain" or (kind == "block" and self.mode is BlockMode.NXDOMAIN):
+            return make_reply(q, RCODE_NXDOMAIN, [], [soa])
+        answers = []
+        if kind == "block":
+            for qtype, rdata in ((QTYPE.A, RD_A), (QTYPE.AAAA, RD_AAAA)):
+                if q.qtype in (qtype, QTYPE.ANY) and qtype in self.addrs:
+                    answers.append(RR(label, qtype, ttl=self.ttl, rdata=rdata(self.addrs[qtype])))
+        return make_reply(q, 0, answers, [] if answers else [soa])
+
+    def from_upstream(self, reply: bytes, q: Question) -> tuple[bytes, tuple[bytes, ...]]:
+        """(template, CNAME targets) from an upstream reply: ECH stripped; ValueError if bad."""
+        try:
+            rec = DNSRecord.parse(reply)
+        except DNSError as e:
+            raise ValueError(f"unparsable upstream reply: {e}") from e
+        for rr in rec.rr:
+            if rr.rtype in (T_SVCB, T_HTTPS):
+                buf = DNSBuffer()
+                rr.rdata.pack(buf)
+                rr.rdata = RD(strip_ech(bytes(buf.data)))
+        aliases = tuple(label_wire(rr.rdata.label) for rr in rec.rr if rr.rtype == QTYPE.CNAME)
+        extra = [rr for rr in rec.ar if rr.rtype != T_OPT]
+        return make_reply(q, rec.header.rcode, rec.rr, rec.auth, extra), aliases
+
+    def normalise(self, data: bytes) -> tuple[bytes | None, Question | None]:
+        """An unusual packet via dnslib: (clean query, question) or (error reply or None, None)."""
+        if len(data) < HEADER or data[2] & 0x80:
+            return None, None  # garbage or a response: drop, never answer (reflection loops)
+        try:
+            rec = DNSRecord.parse(data)
+        except (DNSError, ValueError, IndexError, UnicodeError, RecursionError):
+            return error_reply(data, RCODE_FORMERR), None
+        if rec.header.opcode != 0:
+            return error_reply(data, RCODE_NOTIMP), None
+        if len(rec.questions) != 1:
+            return error_reply(data, RCODE_FORMERR), None
+        question = rec.questions[0]
+        labels = question.qname.label
+        if (
+            any(not 0 < len(p) <= MAX_LABEL for p in labels)
+            or sum(len(p) + 1 for p in labels) + 1 > MAX_NAME
+        ):
+            return error_reply(data, RCODE_FORMERR), None
+        opt = [rr for rr in rec.ar if rr.rtype == T_OPT]
+        clean = data[:4] + b"\x00\x01\x00\x00\x00\x00" + (b"\x00\x01" if opt else b"\x00\x00")
+        clean += label_wire(question.qname) + struct.pack("!HH", question.qtype, question.qclass)
+        if opt:
+            clean += b"\x00" + struct.pack("!HHIH", T_OPT, max(opt[0].rclass, 512), 0, 0)
+        q = parse_query(clean)
+        return (clean, q) if q is not None else (error_reply(data, RCODE_FORMERR), None)

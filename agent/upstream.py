@@ -1,0 +1,180 @@
+"""Upstream resolver client: several resolvers, failover, health, spoofing-resistant.
+
+Every query gets a fresh random id and a fresh connected UDP socket (so a random source
+port chosen by the kernel, and only datagrams from the queried address reach it); a reply is
+accepted only with the same id and question. A truncated UDP reply is retried over TCP.
+An upstream that fails is skipped for a back-off period; when every upstream fails the
+caller answers SERVFAIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import struct
+import time
+from dataclasses import dataclass
+
+from agent import dns_wire
+
+_EDNS_SIZE = 1232
+_BACKOFF = (1.0, 30.0)  # seconds an upstream is skipped after a failure: first, maximum
+
+
+class UpstreamError(Exception):
+    """Every upstream failed (timeout, refused, malformed or mismatched replies)."""
+
+
+def parse_addr(text: str, default_port: int = 53) -> tuple[str, int]:
+    """`1.2.3.4`, `1.2.3.4:53`, `[::1]:5353` or `::1` -> (host, port); ValueError if bad.
+
+    Port 0 (listen on any free port) is accepted; the ready line says which one.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad address {text!r}: expected [IPv6]:PORT")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    number = int(port) if port else default_port
+    if not host or not 0 <= number < 65536:
+        raise ValueError(f"bad address {text!r}: expected ADDR:PORT")
+    return host, number
+
+
+@dataclass(slots=True)
+class Upstream:
+    """One resolver and its health: consecutive failures and when to try it again."""
+
+    host: str
+    port: int
+    failures: int = 0
+    retry_at: float = 0.0
+    answered: int = 0
+
+    @property
+    def label(self) -> str:
+        """`1.2.3.4:53` / `[::1]:53` as records show it."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def failed(self, now: float) -> None:
+        """Back off exponentially from 1 s to 30 s."""
+        self.failures += 1
+        self.retry_at = now + min(_BACKOFF[0] * 2 ** (self.failures - 1), _BACKOFF[1])
+
+    def succeeded(self) -> None:
+        """Healthy again."""
+        self.failures = 0
+        self.retry_at = 0.0
+        self.answered += 1
+
+
+def build_query(ident: int, name: bytes, qtype: int, qclass: int) -> bytes:
+    """A recursive query with EDNS0 (payload 1232) for a wire name."""
+    header = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 1)
+    opt = b"\x00" + struct.pack("!HHIH", dns_wire.T_OPT, _EDNS_SIZE, 0, 0)
+    return header + name + struct.pack("!HH", qtype, qclass) + opt
+
+
+def matches(reply: bytes, query: bytes, qend: int) -> bool:
+    """True when `reply` answers `query`: same id, QR set, same question (case-insensitive)."""
+    if len(reply) < qend or reply[:2] != query[:2] or not reply[2] & 0x80:
+        return False
+    if reply[4:6] != b"\x00\x01":
+        return False
+    return reply[12:qend].lower() == query[12:qend].lower()
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    """Collects the first matching datagram; mismatches (spoofing attempts) are ignored."""
+
+    def __init__(self, query: bytes, qend: int) -> None:
+        self.query = query
+        self.qend = qend
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, _addr: tuple[str | object, ...]) -> None:
+        if not self.reply.done() and matches(data, self.query, self.qend):
+            self.reply.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc)
+
+
+class UpstreamPool:
+    """Resolve through the first healthy upstream, failing over in order."""
+
+    def __init__(self, addrs: list[tuple[str, int]], timeout: float = 1.5) -> None:
+        if not addrs:
+            raise ValueError("no upstream resolvers: set dns.upstreams or pass --upstream")
+        self.upstreams = [Upstream(h, p) for h, p in addrs]
+        self.timeout = timeout
+
+    def order(self, now: float) -> list[Upstream]:
+        """Healthy upstreams first (config order), then backed-off ones (soonest first)."""
+        healthy = [u for u in self.upstreams if u.retry_at <= now]
+        resting = sorted((u for u in self.upstreams if u.retry_at > now), key=lambda u: u.retry_at)
+        return healthy + resting
+
+    async def resolve(self, name: bytes, qtype: int, qclass: int) -> tuple[bytes, Upstream]:
+        """The upstream's reply (id random, to be re-stamped) and who answered; UpstreamError.
+
+        A SERVFAIL/REFUSED reply moves on to the next upstream without marking the first
+        unhealthy (one broken zone must not take a resolver out); it is returned when no
+        upstream does better.
+        """
+        errors = []
+        fallback: tuple[bytes, Upstream] | None = None
+        for upstream in self.order(time.monotonic()):
+            try:
+                reply = await self._ask(upstream, name, qtype, qclass)
+            except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as e:
+                upstream.failed(time.monotonic())
+                errors.append(f"{upstream.label}: {type(e).__name__} {e}".strip())
+                continue
+            upstream.succeeded()
+            if reply[3] & 0x0F in (dns_wire.RCODE_SERVFAIL, dns_wire.RCODE_REFUSED):
+                fallback = fallback or (reply, upstream)
+                continue
+            return reply, upstream
+        if fallback is not None:
+            return fallback
+        raise UpstreamError("; ".join(errors))
+
+    async def _ask(self, upstream: Upstream, name: bytes, qtype: int, qclass: int) -> bytes:
+        query = build_query(secrets.randbits(16), name, qtype, qclass)
+        qend = dns_wire.HEADER + len(name) + 4
+        async with asyncio.timeout(self.timeout):
+            reply = await self._udp(upstream, query, qend)
+            if reply[2] & 0x02:  # TC: the full answer needs TCP
+                reply = await self._tcp(upstream, query, qend)
+        return reply
+
+    async def _udp(self, upstream: Upstream, query: bytes, qend: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: _Receiver(query, qend), remote_addr=(upstream.host, upstream.port)
+        )
+        try:
+            transport.sendto(query)
+            return await proto.reply
+        finally:
+            transport.close()
+
+    async def _tcp(self, upstream: Upstream, query: bytes, qend: int) -> bytes:
+        reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+        try:
+            writer.write(len(query).to_bytes(2) + query)
+            await writer.drain()
+            size = int.from_bytes(await reader.readexactly(2))
+            reply = await reader.readexactly(size)
+        finally:
+            writer.close()
+        if not matches(reply, query, qend):
+            raise EOFError("TCP reply does not match the query")
+        return reply

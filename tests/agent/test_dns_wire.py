@@ -1,0 +1,246 @@
+"""dns_wire: the fast-path question reader, prepared-answer patching and ECH stripping."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from dnslib import EDNS0, QTYPE, DNSRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent import dns_wire
+from agent.config import BlockMode, DnsSection
+
+HEADER = bytes.fromhex("abcd01000001000000000000")
+
+
+def query(name: str, qtype: str = "A", *, edns: bool = False) -> bytes:
+    rec = DNSRecord.question(name, qtype)
+    if edns:
+        rec.add_ar(EDNS0(udp_len=4096))
+    return bytes(rec.pack())
+
+
+@pytest.mark.parametrize(
+    ("packet", "expect"),
+    [
+        pytest.param(
+            query("WWW.Example.com"), (b"\x03www\x07example\x03com\x00", 1, None), id="plain"
+        ),
+        pytest.param(
+            query("example.com", "AAAA", edns=True),
+            (b"\x07example\x03com\x00", 28, 4096),
+            id="edns",
+        ),
+        pytest.param(query("."), (b"\x00", 1, None), id="root"),
+    ],
+)
+def test_parse_query_reads_plain_queries(
+    packet: bytes, expect: tuple[bytes, int, int | None]
+) -> None:
+    """Plain queries give the lower-cased wire name, type and EDNS size."""
+    q = dns_wire.parse_query(packet)
+    assert q is not None
+    assert (q.name, q.qtype, q.edns) == expect
+    assert q.id == int.from_bytes(packet[:2])
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(HEADER[:7], id="short-header"),
+        pytest.param(HEADER + b"\xc0\x0c\x00\x01\x00\x01", id="pointer-loop"),
+        pytest.param(HEADER + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01", id="label-64"),
+        pytest.param(
+            HEADER + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01", id="name-over-255"
+        ),
+        pytest.param(
+            bytes.fromhex("abcd01000000000000000000") + b"\x00\x00\x01\x00\x01", id="qdcount-0"
+        ),
+        pytest.param(
+            bytes.fromhex("abcd01000002000000000000") + b"\x00\x00\x01\x00\x01" * 2, id="qdcount-2"
+        ),
+        pytest.param(
+            bytes.fromhex("abcd81000001000000000000") + b"\x00\x00\x01\x00\x01", id="response"
+        ),
+        pytest.param(query("a.com") + b"x", id="trailing-bytes"),
+        pytest.param(query("a.com")[:-1], id="truncated-question"),
+    ],
+)
+def test_parse_query_rejects_unusual_packets(packet: bytes) -> None:
+    """Anything but one plain question goes to the slow path (None)."""
+    assert dns_wire.parse_query(packet) is None
+
+
+@pytest.mark.parametrize(
+    ("packet", "rcode"),
+    [
+        pytest.param(
+            HEADER + b"\xc0\x0c\x00\x01\x00\x01", dns_wire.RCODE_FORMERR, id="pointer-loop"
+        ),
+        pytest.param(
+            HEADER + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01",
+            dns_wire.RCODE_FORMERR,
+            id="label-64",
+        ),
+        pytest.param(
+            bytes.fromhex("abcd01000000000000000000"), dns_wire.RCODE_FORMERR, id="qdcount-0"
+        ),
+        pytest.param(
+            bytes.fromhex("abcd29000001000000000000") + b"\x00\x00\x01\x00\x01",
+            dns_wire.RCODE_NOTIMP,
+            id="update-opcode",
+        ),
+    ],
+)
+def test_normalise_answers_bad_queries_with_an_error(packet: bytes, rcode: int) -> None:
+    """The slow path answers malformed queries with FORMERR (NOTIMP for other opcodes)."""
+    reply, q = dns_wire.Answers(DnsSection()).normalise(packet)
+    assert q is None
+    assert reply is not None
+    assert reply[:2] == packet[:2]
+    assert reply[3] & 0x0F == rcode
+
+
+def test_normalise_accepts_compressed_question_with_additional_records() -> None:
+    """A legal but unusual query (an extra additional record) is cleaned for the fast path."""
+    rec = DNSRecord.question("Example.com", "A")
+    rec.add_ar(*DNSRecord.question("x.com").reply().rr)  # no records: still a valid layout
+    reply, q = dns_wire.Answers(DnsSection()).normalise(bytes(rec.pack()))
+    assert q is not None
+    assert reply is not None
+    assert q.name == b"\x07example\x03com\x00"
+
+
+def test_drop_responses_and_garbage() -> None:
+    """Responses and sub-header garbage are dropped (no reflection)."""
+    answers = dns_wire.Answers(DnsSection())
+    assert answers.normalise(b"\x00\x01") == (None, None)
+    assert answers.normalise(bytes.fromhex("abcd81000001000000000000")) == (None, None)
+
+
+def test_patch_copies_id_rd_and_question_case() -> None:
+    """A prepared answer gets the client's id, RD bit and 0x20 question case."""
+    packet = query("WwW.ExAmple.COM")
+    q = dns_wire.parse_query(packet)
+    assert q is not None
+    template = dns_wire.Answers(DnsSection()).prepared(q, "block")
+    reply = DNSRecord.parse(dns_wire.patch(template, packet, q))
+    assert reply.header.id == q.id
+    assert reply.header.rd == 1
+    assert str(reply.q.qname) == "WwW.ExAmple.COM."
+    assert reply.header.rcode == dns_wire.RCODE_NXDOMAIN
+
+
+@pytest.mark.parametrize(
+    ("mode", "qtype", "expect"),
+    [
+        pytest.param(BlockMode.NULL, "A", ["0.0.0.0"], id="null-a"),
+        pytest.param(BlockMode.NULL, "AAAA", ["::"], id="null-aaaa"),
+        pytest.param(BlockMode.NULL, "ANY", ["0.0.0.0", "::"], id="null-any"),
+        pytest.param(BlockMode.NULL, "HTTPS", [], id="null-https-nodata"),
+        pytest.param(BlockMode.BLOCKPAGE, "A", ["192.0.2.80"], id="blockpage-a"),
+        pytest.param(BlockMode.BLOCKPAGE, "AAAA", [], id="blockpage-no-v6"),
+    ],
+)
+def test_block_modes(mode: BlockMode, qtype: str, expect: list[str]) -> None:
+    """Null and block-page modes answer addresses for A/AAAA/ANY and NODATA otherwise."""
+    section = DnsSection(block_mode=mode, blockpage_ipv4="192.0.2.80")
+    q = dns_wire.parse_query(query("x.com", qtype))
+    assert q is not None
+    reply = DNSRecord.parse(dns_wire.Answers(section).prepared(q, "block"))
+    assert [str(rr.rdata) for rr in reply.rr] == expect
+    assert all(rr.ttl == section.block_ttl for rr in reply.rr)
+
+
+def test_blockpage_mode_needs_an_address() -> None:
+    """Block-page mode without an address is a configuration error."""
+    with pytest.raises(ValueError, match="blockpage"):
+        dns_wire.Answers(DnsSection(block_mode=BlockMode.BLOCKPAGE))
+
+
+def _svcb(params: list[tuple[int, bytes]]) -> bytes:
+    return b"\x00\x01\x00" + b"".join(struct.pack("!HH", k, len(v)) + v for k, v in params)
+
+
+@pytest.mark.parametrize(
+    ("rdata", "expect"),
+    [
+        pytest.param(
+            _svcb([(1, b"\x02h2"), (5, b"ECH!"), (4, b"\xc0\x00\x02\x07")]),
+            _svcb([(1, b"\x02h2"), (4, b"\xc0\x00\x02\x07")]),
+            id="ech-removed",
+        ),
+        pytest.param(_svcb([(1, b"\x02h2")]), _svcb([(1, b"\x02h2")]), id="no-ech"),
+        pytest.param(_svcb([(5, b"x")])[:-1], _svcb([(5, b"x")])[:-1], id="malformed-unchanged"),
+    ],
+)
+def test_strip_ech(rdata: bytes, expect: bytes) -> None:
+    """Only the ech SvcParam goes; malformed RDATA is left as it is."""
+    assert dns_wire.strip_ech(rdata) == expect
+
+
+def test_truncated_keeps_question_and_opt() -> None:
+    """A truncated reply has TC, the question, no records and the OPT record."""
+    packet = query("big.com", edns=True)
+    q = dns_wire.parse_query(packet)
+    assert q is not None
+    big = dns_wire.make_reply(q, 0, [])
+    reply = DNSRecord.parse(dns_wire.truncated(big, q.qend, edns=True))
+    assert reply.header.tc == 1
+    assert not reply.rr
+    assert [rr.rtype for rr in reply.ar] == [QTYPE.OPT]
+
+
+@pytest.mark.parametrize(
+    ("text", "wire"),
+    [
+        pytest.param("www.Example.com.", b"\x03www\x07example\x03com\x00", id="fqdn"),
+        pytest.param("", b"\x00", id="root"),
+    ],
+)
+def test_to_wire_and_back(text: str, wire: bytes) -> None:
+    """Names convert both ways; suffixes stop at label boundaries."""
+    assert dns_wire.to_wire(text) == wire
+    assert dns_wire.to_text(wire) == text.rstrip(".").lower()
+
+
+def test_suffixes() -> None:
+    """Every listed-suffix candidate of a name, longest first."""
+    assert dns_wire.suffixes(b"\x01a\x01b\x01c\x00") == [
+        b"\x01a\x01b\x01c\x00",
+        b"\x01b\x01c\x00",
+        b"\x01c\x00",
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_fuzz_parsers_never_raise(packet: bytes) -> None:
+    """Random bytes never crash the fast or the slow parser (they answer or drop)."""
+    q = dns_wire.parse_query(packet)
+    if q is not None:
+        assert len(q.name) <= dns_wire.MAX_NAME
+        assert q.qend <= len(packet)
+    reply, cleaned = dns_wire.Answers(DnsSection()).normalise(packet)
+    if cleaned is not None:
+        assert reply is not None
+        assert dns_wire.parse_query(reply) == cleaned
+    dns_wire.rr_ttl_offsets(packet, min(len(packet), 12)) if len(packet) >= 12 else None
+    dns_wire.strip_ech(packet)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="abcXYZ019-_", min_size=1, max_size=20), min_size=1, max_size=6),
+    st.sampled_from(["A", "AAAA", "HTTPS", "TXT"]),
+)
+def test_fuzz_valid_names_round_trip(labels: list[str], qtype: str) -> None:
+    """Any valid name dnslib packs is read back identically (lower-cased) by the fast path."""
+    name = ".".join(labels)
+    q = dns_wire.parse_query(query(name, qtype))
+    assert q is not None
+    assert q.name == dns_wire.to_wire(name)
+    assert q.qtype == getattr(QTYPE, qtype)

@@ -1,0 +1,162 @@
+"""upstream: address parsing, reply matching (anti-spoofing), failover, TC -> TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from dnslib import QTYPE, RR, DNSRecord
+
+from agent import dns_wire
+from agent.upstream import UpstreamError, UpstreamPool, build_query, matches, parse_addr
+
+NAME = dns_wire.to_wire("example.com")
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        pytest.param("192.0.2.1", ("192.0.2.1", 53), id="v4-default-port"),
+        pytest.param("192.0.2.1:5353", ("192.0.2.1", 5353), id="v4-port"),
+        pytest.param("[::1]:5353", ("::1", 5353), id="v6-port"),
+        pytest.param("::1", ("::1", 53), id="v6-bare"),
+        pytest.param("127.0.0.1:0", ("127.0.0.1", 0), id="port-zero"),
+    ],
+)
+def test_parse_addr(text: str, expect: tuple[str, int]) -> None:
+    """ADDR[:PORT] with IPv6 in brackets."""
+    assert parse_addr(text) == expect
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("[::1", id="unclosed-bracket"),
+        pytest.param("1.2.3.4:99999", id="port-range"),
+        pytest.param(":53", id="no-host"),
+        pytest.param("1.2.3.4:x", id="port-not-number"),
+    ],
+)
+def test_parse_addr_rejects(text: str) -> None:
+    """Bad addresses raise ValueError."""
+    with pytest.raises(ValueError):
+        parse_addr(text)
+
+
+def _reply_to(query: bytes, *, ident: int | None = None, name: str = "example.com") -> bytes:
+    rec = DNSRecord.parse(query)
+    reply = DNSRecord.question(name).reply() if name != "example.com" else rec.reply()
+    reply.header.id = rec.header.id if ident is None else ident
+    reply.add_answer(*RR.fromZone(f"{name}. 60 IN A 192.0.2.1"))
+    return bytes(reply.pack())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "ok"),
+    [
+        pytest.param(_reply_to, True, id="match"),
+        pytest.param(
+            lambda q: _reply_to(q).replace(b"example", b"EXAMPLE", 1), True, id="case-insensitive"
+        ),
+        pytest.param(
+            lambda q: _reply_to(q, ident=(int.from_bytes(q[:2]) + 1) % 65536), False, id="wrong-id"
+        ),
+        pytest.param(lambda q: _reply_to(q, name="other.com"), False, id="wrong-question"),
+        pytest.param(lambda q: q, False, id="not-a-response"),
+        pytest.param(lambda q: q[:10], False, id="short"),
+    ],
+)
+def test_matches(mutate, ok: bool) -> None:
+    """Only a response with our id and question is accepted."""
+    query = build_query(0x1234, NAME, QTYPE.A, 1)
+    assert matches(mutate(query), query, 12 + len(NAME) + 4) is ok
+
+
+class _Fake(asyncio.DatagramProtocol):
+    """Answers with a spoofed (wrong id) datagram first, then the real one; TC if asked."""
+
+    def __init__(self, truncate: bool) -> None:
+        self.truncate = truncate
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        assert self.transport is not None
+        self.transport.sendto(_reply_to(data, ident=(int.from_bytes(data[:2]) + 1) % 65536), addr)
+        reply = _reply_to(data)
+        if self.truncate:
+            reply = (
+                reply[:2]
+                + bytes([reply[2] | 0x02])
+                + reply[3:6]
+                + b"\x00\x00"
+                + reply[8:12]
+                + data[12:-11]
+            )
+        self.transport.sendto(reply, addr)
+
+
+@pytest.fixture
+async def fake_upstream(request: pytest.FixtureRequest) -> AsyncIterator[int]:
+    loop = asyncio.get_running_loop()
+    truncate = getattr(request, "param", False)
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _Fake(truncate), local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+
+    async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        size = int.from_bytes(await reader.readexactly(2))
+        reply = _reply_to(await reader.readexactly(size))
+        writer.write(len(reply).to_bytes(2) + reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(tcp, "127.0.0.1", port)
+    yield port
+    server.close()
+    await server.wait_closed()
+    transport.close()
+
+
+def _dead_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_spoofed_reply_ignored_and_failover(fake_upstream: int) -> None:
+    """A dead first upstream is skipped and backed off; a wrong-id datagram is ignored."""
+    pool = UpstreamPool([("127.0.0.1", _dead_port()), ("127.0.0.1", fake_upstream)], timeout=1.0)
+    reply, upstream = await pool.resolve(NAME, QTYPE.A, 1)
+    assert upstream.port == fake_upstream
+    assert DNSRecord.parse(reply).a.rdata is not None
+    assert pool.upstreams[0].failures == 1
+    assert pool.order(pool.upstreams[0].retry_at + 0.1)[0] is pool.upstreams[0]  # back again
+    assert pool.order(pool.upstreams[0].retry_at - 0.1)[0] is pool.upstreams[1]
+
+
+@pytest.mark.parametrize("fake_upstream", [True], indirect=True)
+async def test_truncated_udp_reply_retried_over_tcp(fake_upstream: int) -> None:
+    """TC over UDP -> the full answer over TCP."""
+    pool = UpstreamPool([("127.0.0.1", fake_upstream)], timeout=1.0)
+    reply, _ = await pool.resolve(NAME, QTYPE.A, 1)
+    assert not reply[2] & 0x02
+    assert len(DNSRecord.parse(reply).rr) == 1
+
+
+async def test_all_dead_raises() -> None:
+    """With every upstream failing the caller gets UpstreamError (-> SERVFAIL)."""
+    pool = UpstreamPool([("127.0.0.1", _dead_port())], timeout=0.3)
+    with pytest.raises(UpstreamError):
+        await pool.resolve(NAME, QTYPE.A, 1)
+
+
+def test_no_upstreams_is_an_error() -> None:
+    """An empty upstream list is refused at start."""
+    with pytest.raises(ValueError, match="no upstream"):
+        UpstreamPool([])
