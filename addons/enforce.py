@@ -30,7 +30,7 @@ from agent.enforcement import (
 )
 from agent.errors import AupguardError
 from agent.pipeline import Engine
-from agent.records import JsonLinesFileSink, RecordWriter
+from agent.writer import JsonLinesFileSink, RecordWriter
 from agent.runtime import Runtime
 
 MARK = MARK_KEY

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from agent.records import DATASET, ECS_VERSION, format_timestamp, new_event_id
 
 if TYPE_CHECKING:
-    from agent.records import RecordSink
+    from agent.writer import RecordSink
 
 __all__ = [
     "GENESIS", "ChainHead", "ChainSink", "Problem", "VerifyResult", "generate_key",

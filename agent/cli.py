@@ -142,7 +142,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def _write_record(engine: Any, ev: Any, now: float, path: Path) -> None:
     """Append the decision's record to `path` through the same writer the services use."""
-    from agent.records import JsonLinesFileSink, RecordWriter, build_record  # noqa: PLC0415
+    from agent.records import build_record  # noqa: PLC0415
+    from agent.writer import JsonLinesFileSink, RecordWriter  # noqa: PLC0415
 
     record = build_record(
         request=ev.request,

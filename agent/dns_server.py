@@ -36,7 +36,8 @@ from agent.config import DnsRecords, DnsSection, IPNetwork, parse_network
 from agent.dns_cache import CacheKey, DnsCache, Verdicts
 from agent.dns_wire import Answers, Question
 from agent.model import Client, Decision, Request
-from agent.records import JsonLinesFileSink, RecordWriter, build_record
+from agent.records import build_record
+from agent.writer import JsonLinesFileSink, RecordWriter
 from agent.runtime import Runtime
 from agent.upstream import UpstreamError, UpstreamPool, parse_addr
 

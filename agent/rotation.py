@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.records import JsonLinesFileSink
+from agent.writer import JsonLinesFileSink
 
 __all__ = ["RotatingFileSink", "rotated_files"]
 

@@ -39,7 +39,7 @@ from agent.rotation import RotatingFileSink, rotated_files
 
 if TYPE_CHECKING:
     from agent.config import RecordsSection
-    from agent.records import RecordSink
+    from agent.writer import RecordSink
 
 __all__ = ["Spool", "SpoolFull", "SyslogSink", "frame", "record_sinks", "tls_context"]
 

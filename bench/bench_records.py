@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.chain import ChainSink
 from agent.model import Action, Classification, Client, Decision, Match, MatchKind, Request, Source
-from agent.records import Notice, RecordWriter, build_record
+from agent.records import Notice, build_record
+from agent.writer import RecordWriter
 from agent.report import Filters, aggregate, read_lines
 from agent.rotation import RotatingFileSink, rotated_files
 from agent.shipping import Spool, SyslogSink

@@ -19,7 +19,7 @@ from agent.chain import (
     verify,
 )
 from agent.logcheck import _args, cmd_logs
-from agent.records import MemorySink
+from agent.writer import MemorySink
 
 KEY = bytes(range(32))
 Files = list[list[str]]

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import doctest
 import json
-import os
 import re
 import string
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 from agent.errors import ConfigError
 from agent.model import Action, Classification, Client, Decision, Match, MatchKind, Request, Source
 from agent.records import (
     ECS_ROOTS,
-    JsonLinesFileSink,
-    MemorySink,
     Notice,
-    RecordWriter,
     build_record,
     format_timestamp,
     new_event_id,
@@ -551,134 +544,6 @@ def test_no_secret_survives_redaction(
 def test_redact_headers(headers: dict[str, str], expected: dict[str, str]) -> None:
     """Credential headers are redacted (keeping the auth scheme), URL headers are URL-redacted, others kept."""
     assert redact_headers(headers) == expected
-
-
-# --- the writer -------------------------------------------------------------------------
-
-
-class BlockingSink(MemorySink):
-    """A sink whose first write blocks until released."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def write_lines(self, lines: list[str]) -> None:
-        self.entered.set()
-        assert self.release.wait(5)
-        super().write_lines(lines)
-
-
-class FailingSink(MemorySink):
-    def write_lines(self, lines: list[str]) -> None:
-        raise OSError(28, f"No space left on device ({len(lines)} lines lost)")
-
-
-def test_writer_preserves_order() -> None:
-    """Records reach every sink in the order they were written, across batches."""
-    sinks = [MemorySink(), MemorySink()]
-    writer = RecordWriter(sinks, batch_size=7)
-    for n in range(500):
-        assert writer.write({"n": n})
-    assert writer.flush(5)
-    assert [[r["n"] for r in s.records()] for s in sinks] == [list(range(500))] * 2
-    assert writer.written == 500
-    writer.close()
-
-
-def test_writer_never_blocks_and_reports_drops() -> None:
-    """With the sink stuck, `write` returns at once, counts drops, and a records-dropped record follows the drain."""
-    sink = BlockingSink()
-    writer = RecordWriter([sink], queue_size=3, clock=lambda: NOW)
-    assert writer.write({"n": 0})
-    assert sink.entered.wait(5)
-    start = time.perf_counter()
-    results = [writer.write({"n": n}) for n in range(1, 7)]
-    assert time.perf_counter() - start < 0.5
-    assert results == [True, True, True, False, False, False]
-    assert writer.dropped == 3
-    with capture_logs() as logs:
-        sink.release.set()
-        assert writer.flush(5)
-    records = sink.records()
-    assert [r.get("n") for r in records[:4]] == [0, 1, 2, 3]
-    assert records[4]["event"]["action"] == "records-dropped"
-    assert records[4]["@timestamp"] == "2026-11-29T13:08:12.123456Z"
-    assert records[4]["aupguard"] | {"reference_id": None} == {
-        "dropped": 3,
-        "dropped_total": 3,
-        "reference_id": None,
-    }
-    assert [e for e in logs if e["event"] == "records.dropped"] == [
-        {
-            "event": "records.dropped",
-            "count": 3,
-            "total": 3,
-            "queue_size": 3,
-            "log_level": "warning",
-        }
-    ]
-    assert writer.flush(5)
-    assert len(sink.records()) == 5  # reported once
-    writer.close()
-
-
-def test_writer_close_drains() -> None:
-    """`close` writes everything queued, then flushes and closes the sinks; later writes are refused and counted."""
-    sink = MemorySink()
-    writer = RecordWriter([sink])
-    for n in range(1000):
-        writer.write({"n": n})
-    assert writer.close(5)
-    assert len(sink.lines) == 1000
-    assert sink.closed
-    assert writer.write({"n": "late"}) is False
-    assert writer.dropped == 1
-    assert writer.flush(1)
-    assert writer.close(1)
-
-
-def test_writer_survives_bad_records_and_sinks() -> None:
-    """An unserialisable record is counted as dropped and a failing sink is logged; the other sink gets every record."""
-    good, bad = MemorySink(), FailingSink()
-    circular: dict[str, Any] = {"event": {"id": "c1"}}
-    circular["self"] = circular
-    with capture_logs() as logs, RecordWriter([bad, good], clock=lambda: NOW) as writer:
-        writer.write({"n": 1})
-        writer.write(circular)
-        writer.write({"n": 2, "tags": {"b", "a"}})
-        assert writer.flush(5)
-    records = good.records()
-    assert [r.get("n") for r in records] == [1, 2, None]
-    assert records[1]["tags"] == ["a", "b"]
-    assert records[2]["aupguard"]["dropped"] == 1
-    assert writer.sink_errors >= 1
-    events = {e["event"] for e in logs}
-    assert {"records.unserialisable", "records.sink_failed", "records.dropped"} <= events
-
-
-def test_file_sink_mode_and_round_trip(tmp_path: Any) -> None:
-    """The records file is created 0640 whatever the umask, appended to, and its lines parse back to the records."""
-    path = tmp_path / "records.jsonl"
-    records = [
-        record_for(HTTP, JDOE, Action.WARN),
-        record_for(DNS, ANON, Action.BLOCK, extra={"latency_ms": 0.2}),
-    ]
-    old = os.umask(0o077)
-    try:
-        writer = RecordWriter([JsonLinesFileSink(path)])
-    finally:
-        os.umask(old)
-    writer.write(records[0])
-    writer.close()
-    writer = RecordWriter([JsonLinesFileSink(path)])
-    writer.write(records[1])
-    writer.close()
-    assert path.stat().st_mode & 0o777 == 0o640
-    text = path.read_text(encoding="utf-8")
-    assert text.endswith("\n")
-    assert [json.loads(line) for line in text.splitlines()] == records
 
 
 # --- the documented schema --------------------------------------------------------------

@@ -1,0 +1,253 @@
+"""The one record writer: `write()` never blocks; a thread serialises and writes in order.
+
+Nothing is lost silently: at most `queue_size` records wait, more are dropped, counted and
+reported as a `records-dropped` record once the queue drains; `close()` drains everything.
+Serialisation uses orjson (about 10x the standard library's speed on these records), because
+the writer thread shares the interpreter lock with the DNS and request paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Self
+
+import orjson
+
+from agent.logs import get_logger
+from agent.records import dropped_record
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+_log = get_logger(__name__)
+
+
+# --- sinks ------------------------------------------------------------------------------
+
+
+class RecordSink(Protocol):
+    """Where serialised records go; called from the writer thread only.
+
+    `lines` are JSON documents without line ends, in order; a sink must not mutate the
+    list (wrappers such as a hash chain build a new one and pass it on).
+    """
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Write one batch."""
+
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+
+    def close(self) -> None:
+        """Flush and release resources; called once."""
+
+
+class JsonLinesFileSink:
+    """Append JSON lines to a file created with mode 0640; fsync on flush."""
+
+    def __init__(self, path: str | os.PathLike[str], *, mode: int = 0o640) -> None:
+        self.path = os.fspath(path)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_EXCL, mode)
+            os.fchmod(fd, mode)  # the umask must not change who may read the records
+        except FileExistsError:
+            fd = os.open(self.path, flags, mode)
+        self._file = os.fdopen(fd, "a", encoding="utf-8", newline="\n")
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Append the batch as whole lines and hand it to the OS."""
+        if lines:
+            self._file.write("\n".join(lines) + "\n")
+            self._file.flush()
+
+    def flush(self) -> None:
+        """Flush and fsync."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Flush, fsync and close."""
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+
+class MemorySink:
+    """Keep lines in memory (tests, `aupguard classify`)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.flushes = 0
+        self.closed = False
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Keep the batch."""
+        self.lines.extend(lines)
+
+    def flush(self) -> None:
+        """Count the flush."""
+        self.flushes += 1
+
+    def close(self) -> None:
+        """Mark closed."""
+        self.closed = True
+
+    def records(self) -> list[dict[str, Any]]:
+        """Parse the lines back."""
+        return [json.loads(line) for line in self.lines]
+
+
+# --- the writer -------------------------------------------------------------------------
+
+
+def _json_default(value: object) -> object:
+    """Encode sets as sorted lists and anything else unknown as str(): keep the record."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def encode(record: object) -> str:
+    """One record as compact JSON (UTF-8 text, no line end); TypeError if it cannot be."""
+    return orjson.dumps(record, default=_json_default).decode()
+
+
+_CLOSE = object()
+
+
+class RecordWriter:
+    """The one record writer: `write()` never blocks; a thread serialises and writes in order.
+
+    At most `queue_size` records wait; more are dropped, counted (`dropped`) and reported as
+    a `records-dropped` record once the queue drains. `close()` drains everything.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[RecordSink],
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 1_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be at least 1")
+        self._sinks = tuple(sinks)
+        self._limit = queue_size
+        self._batch_size = batch_size
+        self._clock = clock
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders write/flush/close against the close marker
+        self._closed = False
+        self._reported = 0
+        self.dropped = 0  # queue full, unserialisable, or written after close
+        self.written = 0  # lines handed to the sinks
+        self.sink_errors = 0
+        self._thread = threading.Thread(target=self._run, name="aupguard-records", daemon=True)
+        self._thread.start()
+
+    def write(self, record: dict[str, Any]) -> bool:
+        """Queue `record` without blocking; False (and counted) when the queue is full or closed."""
+        with self._lock:
+            if not self._closed and self._queue.qsize() < self._limit:
+                self._queue.put(record)
+                return True
+            self.dropped += 1
+            return False
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything written so far is in the sinks and flushed; False on timeout."""
+        done = threading.Event()
+        with self._lock:
+            if self._closed or not self._thread.is_alive():
+                return self._closed
+            self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Drain the queue, report drops, flush and close the sinks; False on timeout."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(_CLOSE)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            batch = [get()]
+            try:
+                while len(batch) < self._batch_size:
+                    batch.append(get_nowait())
+            except queue.Empty:
+                pass
+            if not self._handle(batch):
+                return
+
+    def _handle(self, batch: list[object]) -> bool:
+        """Write a batch in order, acting on flush/close markers; False after close."""
+        lines: list[str] = []
+        for item in batch:
+            if item is not _CLOSE and not isinstance(item, threading.Event):
+                lines.append(self._encode(item))
+                continue
+            self._emit(lines)
+            lines = []
+            self._report_drops()
+            if isinstance(item, threading.Event):  # a flush request
+                self._call_sinks("flush")
+                item.set()
+            else:
+                self._call_sinks("close")
+                return False
+        self._emit(lines)
+        if self._queue.empty():
+            self._report_drops()
+        return True
+
+    def _encode(self, record: object) -> str:
+        try:
+            return encode(record)
+        except (TypeError, ValueError, RecursionError):  # a cycle, say: count it, keep going
+            event = record.get("event") if isinstance(record, dict) else None
+            _log.exception("records.unserialisable", id=isinstance(event, dict) and event.get("id"))
+            with self._lock:
+                self.dropped += 1
+            return ""
+
+    def _emit(self, lines: list[str]) -> None:
+        lines = [line for line in lines if line]
+        if lines:
+            self._call_sinks("write_lines", lines)
+            self.written += len(lines)
+
+    def _call_sinks(self, method: str, *args: object) -> None:
+        for sink in self._sinks:
+            try:
+                getattr(sink, method)(*args)
+            except Exception:  # noqa: BLE001 a failing sink must not stop the others or the thread
+                self.sink_errors += 1
+                _log.exception("records.sink_failed", sink=type(sink).__name__, call=method)
+
+    def _report_drops(self) -> None:
+        total = self.dropped
+        count = total - self._reported
+        if count > 0:
+            self._reported = total
+            self._emit([encode(dropped_record(count, total, self._clock()))])
+            _log.warning("records.dropped", count=count, total=total, queue_size=self._limit)
