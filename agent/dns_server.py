@@ -37,9 +37,9 @@ from agent.dns_cache import CacheKey, DnsCache, Verdicts
 from agent.dns_wire import Answers, Question
 from agent.model import Client, Decision, Request
 from agent.records import build_record
-from agent.writer import JsonLinesFileSink, RecordWriter
 from agent.runtime import Runtime
 from agent.upstream import UpstreamError, UpstreamPool, parse_addr
+from agent.writer import JsonLinesFileSink, RecordWriter
 
 MAX_INFLIGHT = 2048  # distinct questions waiting for upstreams (each holds a socket)
 TRIP_INTERVAL = 10.0  # seconds: refused / rate-limited clients are recorded once per interval
