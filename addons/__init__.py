@@ -1,0 +1,1 @@
+"""mitmproxy addons: `mitmdump -s addons/enforce.py --set aup_policy=FILE`."""

@@ -30,8 +30,8 @@ from agent.enforcement import (
 )
 from agent.errors import AupguardError
 from agent.pipeline import Engine
-from agent.writer import JsonLinesFileSink, RecordWriter
 from agent.runtime import Runtime
+from agent.writer import JsonLinesFileSink, RecordWriter
 
 MARK = MARK_KEY
 WEAKENING_OPTIONS = ("emudhra", "emudhra_old")  # carried by the mitmproxy 12.3.1 wheel

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.chain import ChainSink
 from agent.model import Action, Classification, Client, Decision, Match, MatchKind, Request, Source
 from agent.records import Notice, build_record
-from agent.writer import RecordWriter
 from agent.report import Filters, aggregate, read_lines
 from agent.rotation import RotatingFileSink, rotated_files
 from agent.shipping import Spool, SyslogSink
+from agent.writer import RecordWriter
 
 NOTICE = Notice.from_text("We monitor.")
 KEY = bytes(range(32))

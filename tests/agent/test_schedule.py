@@ -52,7 +52,7 @@ def test_dst_uses_local_clock_not_fixed_offset() -> None:
 @given(
     start=st.integers(0, 24 * 60 - 1),
     end=st.integers(0, 24 * 60 - 1),
-    moment=st.datetimes(min_value=dt.datetime(2026, 1, 1), max_value=dt.datetime(2027, 12, 31)),
+    moment=st.datetimes(min_value=dt.datetime(2026, 1, 1), max_value=dt.datetime(2027, 12, 31)),  # noqa: DTZ001  (naive local wall-clock times)
 )
 def test_window_matches_reference_definition(start: int, end: int, moment: dt.datetime) -> None:
     """For any window and any instant, is_active agrees with the plain-words definition."""

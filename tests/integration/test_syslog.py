@@ -26,9 +26,9 @@ from cryptography.x509.oid import NameOID
 
 from agent.chain import generate_key, load_key, read_head, verify
 from agent.config import RecordsSection
-from agent.writer import RecordWriter
 from agent.rotation import rotated_files
 from agent.shipping import Spool, SpoolFull, SyslogSink, record_sinks, tls_context
+from agent.writer import RecordWriter
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 pytestmark = pytest.mark.integration
