@@ -35,6 +35,7 @@ from agent.cli import command
 from agent.config import DnsRecords, DnsSection, IPNetwork, parse_network
 from agent.dns_cache import CacheKey, DnsCache, Verdicts
 from agent.dns_wire import Answers, Question
+from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally
 from agent.model import Client, Decision, Request
 from agent.records import build_record
 from agent.runtime import Runtime
@@ -203,6 +204,7 @@ class DnsFilter:
         )
         self.pool = UpstreamPool(list(settings.upstreams), section.upstream_timeout)
         self.limiter = RateLimiter(section.rate_limit) if section.rate_limit > 0 else None
+        self.tally = Tally()
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[CacheKey, asyncio.Future[tuple[bytes, tuple[bytes, ...], str]]] = {}
 
@@ -220,9 +222,7 @@ class DnsFilter:
             return refusal
         verdict = self.verdicts.decide(client, q.name, now)
         job = Lookup(data, q, client, verdict, now, udp)
-        kind = self.answers.special(q.name)
-        if kind is None and verdict is not None and Verdicts.enforced(verdict[1]):
-            kind = "block"
+        kind = self._prepared_kind(q, verdict)
         if kind is None:
             entry = self.cache.get((q.name, q.qtype, q.qclass, q.edns is not None), now)
             if entry is None:
@@ -230,9 +230,23 @@ class DnsFilter:
             if not self.verdicts.cloaked(client, entry.aliases, now):
                 if verdict is not None and self.recorder.wants(verdict[1]):
                     self.recorder.emit(client, verdict, now, self._extra(job, 0, now, "cache"))
+                self.tally.add(DNS_QUERIES, "cached")
                 return self._fit(dns_wire.patch(entry.render(now), data, q), q, udp=udp)
             kind = "block"
         return self._prepared(job, kind, now)
+
+    def _prepared_kind(self, q: Question, verdict: tuple[Request, Decision] | None) -> str | None:
+        """Count the decision; the prepared answer it needs (bypass name or block), if any."""
+        if verdict is not None:
+            decision = verdict[1]
+            self.tally.add(DECISIONS, "dns", decision.action.label, decision.category or "none")
+        kind = self.answers.special(q.name)
+        if kind is not None:
+            self.tally.add(BYPASS_ATTEMPTS, "dns-bypass-name")
+            return kind
+        if verdict is not None and Verdicts.enforced(verdict[1]):
+            return "block"
+        return None
 
     def _admit(self, data: bytes, q: Question, client: Client, now: float) -> bytes | None:
         """REFUSED for clients outside allow_clients or over the rate limit, else None."""
@@ -243,6 +257,7 @@ class DnsFilter:
         else:
             return None
         self.recorder.trip(kind, client, dns_wire.to_text(q.name), now)
+        self.tally.add(DNS_QUERIES, kind)
         return dns_wire.refused_reply(data, q)
 
     async def lookup(self, job: Lookup) -> bytes:
@@ -253,8 +268,10 @@ class DnsFilter:
             template, aliases, upstream = await self._shared(key, q)
         except (UpstreamError, ValueError) as e:
             self._record_failure(job, str(e))
+            self.tally.add(DNS_QUERIES, "servfail")
             return self._servfail(job)
         now = time.time()
+        self.tally.add(DNS_QUERIES, "forwarded")
         if self.verdicts.cloaked(job.client, aliases, now):
             return self._prepared(job, "block", now)
         if job.verdict is not None and self.recorder.wants(job.verdict[1]):
@@ -295,6 +312,7 @@ class DnsFilter:
     def _prepared(self, job: Lookup, kind: str, now: float) -> bytes:
         """A blocked or bypass-name answer from the prepared templates (id patched)."""
         template = self.answers.prepared(job.q, kind)
+        self.tally.add(DNS_QUERIES, kind)
         if job.verdict is not None and self.recorder.writer is not None:
             extra = self._extra(job, template[3] & 0x0F, now)
             extra["aupguard.dns.outcome"] = kind
@@ -474,7 +492,7 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
     runtime.install_sighup(loop)
     runtime.on_reload(_refreeze)
     _refreeze(runtime.engine)
-    sweeper = spawn(_sweep(recorder, stop))
+    sweeper = spawn(_sweep(recorder, core.tally, stop))
     log_event(
         "dns_ready",
         listen=bound,
@@ -533,15 +551,19 @@ def _grow_buffers(sock: socket.socket | None) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
 
 
-async def _sweep(recorder: Recorder, stop: asyncio.Event) -> None:
-    """Report rate-limit and refusal counts every interval until stopped."""
+async def _sweep(recorder: Recorder, tally: Tally, stop: asyncio.Event) -> None:
+    """Flush metrics every second and report rate-limit/refusal counts every interval."""
+    last_sweep = time.monotonic()
     while not stop.is_set():
         try:
-            async with asyncio.timeout(TRIP_INTERVAL):
+            async with asyncio.timeout(1.0):
                 await stop.wait()
         except TimeoutError:
             pass
-        recorder.sweep(time.time())
+        tally.flush()
+        if stop.is_set() or time.monotonic() - last_sweep >= TRIP_INTERVAL:
+            recorder.sweep(time.time())
+            last_sweep = time.monotonic()
 
 
 def _args(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from agent.errors import AupguardError
+from agent.metrics import RELOADS
 from agent.pipeline import Engine
 
 log = structlog.get_logger("aupguard.runtime")
@@ -56,11 +57,13 @@ class Runtime:
                 fresh = Engine.load(self.config_path)
             except (AupguardError, OSError, ValueError) as e:
                 self.failed_reloads += 1
+                RELOADS.labels("failed").inc()
                 self.last_error = str(e)
                 log.error("reload_failed", keeping=self.engine.revision, error=str(e))  # noqa: TRY400  (the message is the point, not a traceback)
                 return ReloadResult(ok=False, revision=self.engine.revision, error=str(e))
             old, self.engine = self.engine, fresh
             self.reloads += 1
+            RELOADS.labels("ok").inc()
             self.loaded_at = time.time()
             self.last_error = None
         log.info("reloaded", revision=fresh.revision, previous=old.revision)

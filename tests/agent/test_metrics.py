@@ -91,3 +91,18 @@ def test_list_collector_reports_age_and_entries(tmp_path: Path) -> None:
     age = next(line for line in text.splitlines() if line.startswith("aupguard_list_age_seconds{"))
     assert 3590 < float(age.split()[-1]) < 3700
     assert 'category="gone"' not in text
+
+
+def test_tally_counts_locally_until_flushed() -> None:
+    """Hot-path counts reach the Prometheus counter only on flush, summed per label set."""
+    registry = CollectorRegistry()
+    counter = Counter("t_decisions", "test", ["action"], registry=registry)
+    tally = metrics.Tally()
+    for action in ("block", "block", "allow"):
+        tally.add(counter, action)
+    assert registry.get_sample_value("t_decisions_total", {"action": "block"}) is None
+    tally.flush()
+    assert registry.get_sample_value("t_decisions_total", {"action": "block"}) == 2
+    assert registry.get_sample_value("t_decisions_total", {"action": "allow"}) == 1
+    tally.flush()
+    assert registry.get_sample_value("t_decisions_total", {"action": "block"}) == 2
