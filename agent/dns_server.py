@@ -39,7 +39,7 @@ from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally
 from agent.model import Client, Decision, Request
 from agent.records import build_record
 from agent.runtime import Runtime
-from agent.upstream import UpstreamError, UpstreamPool, parse_addr
+from agent.upstream import UpstreamError, UpstreamPool, parse_addr, system_resolvers
 from agent.writer import JsonLinesFileSink, RecordWriter
 
 MAX_INFLIGHT = 2048  # distinct questions waiting for upstreams (each holds a socket)
@@ -72,8 +72,13 @@ def make_settings(section: DnsSection, args: argparse.Namespace) -> Settings:
         section = replace(section, allow_clients=nets)
     listen = tuple(parse_addr(a) for a in (args.listen or section.listen))
     upstreams = tuple(parse_addr(a) for a in (args.upstream or section.upstreams))
+    if not upstreams:  # the embedded default: forward to whatever the host itself uses
+        upstreams = system_resolvers(exclude=listen)
     if not upstreams:
-        raise ValueError("no upstream resolvers: set dns.upstreams or pass --upstream ADDR:PORT")
+        raise ValueError(
+            "no upstream resolvers: set dns.upstreams, pass --upstream ADDR:PORT, "
+            "or give the host a nameserver in /etc/resolv.conf"
+        )
     return Settings(section, listen, upstreams, args.records)
 
 

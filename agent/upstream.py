@@ -13,7 +13,9 @@ import asyncio
 import secrets
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent import dns_wire
 
@@ -23,6 +25,25 @@ _BACKOFF = (1.0, 30.0)  # seconds an upstream is skipped after a failure: first,
 
 class UpstreamError(Exception):
     """Every upstream failed (timeout, refused, malformed or mismatched replies)."""
+
+
+def system_resolvers(
+    resolv_conf: Path = Path("/etc/resolv.conf"), exclude: Iterable[tuple[str, int]] = ()
+) -> tuple[tuple[str, int], ...]:
+    """The host's `nameserver` lines (port 53), minus our own listen addresses (no loops)."""
+    try:
+        text = resolv_conf.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ()
+    skip = set(exclude)
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            addr = (words[1].split("%", 1)[0], 53)
+            if addr not in skip and addr not in found:
+                found.append(addr)
+    return tuple(found)
 
 
 def parse_addr(text: str, default_port: int = 53) -> tuple[str, int]:

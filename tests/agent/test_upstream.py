@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from dnslib import QTYPE, RR, DNSRecord
 
 from agent import dns_wire
-from agent.upstream import UpstreamError, UpstreamPool, build_query, matches, parse_addr
+from agent.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    build_query,
+    matches,
+    parse_addr,
+    system_resolvers,
+)
 
 NAME = dns_wire.to_wire("example.com")
 
@@ -160,3 +168,21 @@ def test_no_upstreams_is_an_error() -> None:
     """An empty upstream list is refused at start."""
     with pytest.raises(ValueError, match="no upstream"):
         UpstreamPool([])
+
+
+@pytest.mark.parametrize(
+    ("text", "exclude", "expected"),
+    [
+        pytest.param("nameserver 10.255.255.53\n", (), (("10.255.255.53", 53),), id="one"),
+        pytest.param("# c\nsearch x\nnameserver ::1\nnameserver 192.0.2.1\n", (), (("::1", 53), ("192.0.2.1", 53)), id="several-and-v6"),
+        pytest.param("nameserver fe80::1%eth0\n", (), (("fe80::1", 53),), id="scope-id-dropped"),
+        pytest.param("nameserver 127.0.0.1\n", (("127.0.0.1", 53),), (), id="own-listener-excluded"),
+        pytest.param("options ndots:2\n", (), (), id="none"),
+    ],
+)
+def test_system_resolvers(tmp_path: Path, text: str, exclude: tuple[tuple[str, int], ...], expected: tuple[tuple[str, int], ...]) -> None:
+    """With no dns.upstreams, the host's own resolvers are used, never our own listener."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(text)
+    assert system_resolvers(conf, exclude) == expected
+    assert system_resolvers(tmp_path / "missing") == ()
