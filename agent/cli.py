@@ -226,7 +226,7 @@ def _lists_args(p: argparse.ArgumentParser) -> None:
 @command("lists", "category list statistics", _lists_args)
 def cmd_lists(args: argparse.Namespace) -> int:
     """`lists stats`: entries per category, bad lines per file (with the first errors)."""
-    from agent.classifier import build_index  # noqa: PLC0415
+    from agent.index import build_index  # noqa: PLC0415
 
     config = load_config(args.config)
     out = config.index_dir() / "stats-build"

@@ -1,4 +1,3 @@
-# Copyright 2026 aupguard contributors. SPDX-License-Identifier: Apache-2.0
 """Category list parsing (domain, hosts, AdBlock, UT1) with line positions and an error budget.
 
 Entries are normalised once here (lower case, no trailing dot, IDNs as `xn--`, IP literals in

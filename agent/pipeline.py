@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.classifier import Classifier, load_index, split_url
+from agent.classifier import Classifier, split_url
 from agent.config import Config, load_config
 from agent.identity import Identity
+from agent.index import load_index
 from agent.model import Action, Client, Decision, Request, Source
 from agent.policy import Policy
 from agent.records import Notice

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 UT1 = REPO.parent / "shared/blocklists/ut1"
 sys.path.insert(0, str(REPO))
 
-from agent.classifier import load_index  # noqa: E402  (after the path tweak)
+from agent.index import load_index  # noqa: E402  (after the path tweak)
 from agent.lists import ListFormat, ListSource, parse_list  # noqa: E402
 
 SEED = 20261123
@@ -99,7 +99,8 @@ import gc, json, sys, time
 t_start = time.perf_counter()
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from agent.classifier import Classifier, load_index, split_url
+from agent.classifier import Classifier, split_url
+from agent.index import load_index
 from agent.lists import ListFormat, ListSource
 import bench_classify as b
 args = json.loads(sys.argv[2])

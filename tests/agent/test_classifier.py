@@ -9,18 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.classifier import (
-    Classifier,
-    CompiledIndex,
-    _split_slow,
-    build_index,
-    load_index,
-    normalize_host,
-    open_index,
-    open_latest,
-    split_url,
-)
-from agent.errors import ListRejected
+from agent.classifier import Classifier, _split_slow, normalize_host, split_url
+from agent.index import CompiledIndex, build_index, load_index, open_index
 from agent.lists import ListFormat, ListSource
 from agent.model import Match
 
@@ -377,101 +367,6 @@ def test_classify_never_raises(fuzz_classifier: Classifier, raw: str) -> None:
         return
     assert fuzz_classifier.classify(host, "/").host == host
     assert fuzz_classifier.classify(host, None).path is None
-
-
-# --- index file: cache, rebuild, swap --------------------------------------------------------
-
-
-def test_load_index_reuses_cache_when_lists_unchanged(tmp_path: Path) -> None:
-    """A restart with unchanged lists maps the cached file instead of rebuilding it."""
-    sources = write_lists(tmp_path / "lists", {"webmail": "x.com\n"})
-    first = load_index(sources, tmp_path / "cache")
-    before = first.path.stat()
-    second = load_index(sources, tmp_path / "cache")
-    after = second.path.stat()
-    assert second.path == first.path
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-
-
-def test_load_index_rebuilds_when_a_list_changes(tmp_path: Path) -> None:
-    """Changing a list builds a new index; the old one is removed but stays usable while mapped."""
-    sources = write_lists(tmp_path / "lists", {"webmail": "x.com\n"})
-    old = load_index(sources, tmp_path / "cache")
-    write_lists(tmp_path / "lists", {"webmail": "y.com\nz.com\n"})
-    new = load_index(sources, tmp_path / "cache")
-    assert new.path != old.path
-    assert not old.path.exists()
-    assert [m.entry for m in Classifier(old).classify("x.com", None).matches] == ["x.com"]
-    assert [m.entry for m in Classifier(new).classify("z.com", None).matches] == ["z.com"]
-    assert Classifier(new).classify("x.com", None).matches == ()
-
-
-def test_rebuild_in_place_keeps_old_handle_working(tmp_path: Path) -> None:
-    """build_index replaces the file atomically; an open index keeps answering from the old one."""
-    path = tmp_path / "index.aupidx"
-    build_index(write_lists(tmp_path, {"games": "old.com\n"}), path)
-    old = open_index(path)
-    build_index(write_lists(tmp_path, {"games": "new.com\n"}), path)
-    assert Classifier(old).classify("old.com", None).categories == ("games",)
-    assert Classifier(open_index(path)).classify("new.com", None).categories == ("games",)
-    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
-
-
-def test_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
-    """A truncated or foreign cache file is rebuilt, not trusted."""
-    sources = write_lists(tmp_path / "lists", {"games": "x.com\n"})
-    index = load_index(sources, tmp_path / "cache")
-    path = index.path
-    del index
-    path.write_bytes(path.read_bytes()[:100])
-    assert Classifier(load_index(sources, tmp_path / "cache")).classify(
-        "x.com", None
-    ).categories == ("games",)
-
-
-def test_rejected_list_keeps_last_good_index(tmp_path: Path) -> None:
-    """A list over its error budget raises ListRejected; open_latest gives the last good index."""
-    sources = write_lists(tmp_path / "lists", {"games": "x.com\n"})
-    load_index(sources, tmp_path / "cache")
-    write_lists(tmp_path / "lists", {"games": "bad..com\n" * 30})
-    with pytest.raises(ListRejected, match=r"blocklists/games\.txt: 30 bad lines"):
-        load_index(sources, tmp_path / "cache")
-    last = open_latest(tmp_path / "cache")
-    assert last is not None
-    assert Classifier(last).classify("x.com", None).categories == ("games",)
-    assert open_latest(tmp_path / "empty") is None
-
-
-def test_index_stats_survive_the_cache(tmp_path: Path) -> None:
-    """Entry counts and bad lines (with the first errors) are stored in the index header."""
-    sources = write_lists(
-        tmp_path / "lists", {"games": "x.com\n*bet..com\ny.com/z\n", "vpn": "v.com\n"}
-    )
-    built = load_index(sources, tmp_path / "cache").stats
-    cached = load_index(sources, tmp_path / "cache").stats
-    assert cached == built
-    assert built.entries == {"games": 2, "vpn": 1}
-    assert built.bad_lines == {"blocklists/games.txt": 1}
-    assert [str(e) for e in built.errors["blocklists/games.txt"]] == [
-        "blocklists/games.txt:2: '*bet..com': not a valid domain pattern"
-    ]
-    assert (built.domains, built.url_rules) == (2, 1)
-    assert "games: 2 entries" in built.describe()
-
-
-def test_index_knows_categories_and_labels(tmp_path: Path) -> None:
-    """The header names the categories and list files."""
-    index = make_index(tmp_path, {"vpn": "v.com\n", "games": "g.com\n"})
-    assert index.categories == ("games", "vpn")
-    assert index.lists == (("vpn", "blocklists/vpn.txt"), ("games", "blocklists/games.txt"))
-    assert len(index) == 2
-
-
-def test_index_file_is_compact(tmp_path: Path) -> None:
-    """The file stays well under 40 bytes per listed domain (plus a fixed header)."""
-    names = "".join(f"host{i}.example{i % 97}.com\n" for i in range(20000))
-    index = make_index(tmp_path, {"c": names})
-    assert (index.path.stat().st_size - 4096) / 20000 < 40
 
 
 # --- the real UT1 snapshot -------------------------------------------------------------------
