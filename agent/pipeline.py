@@ -11,13 +11,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from agent.classifier import Classifier, split_url
 from agent.config import Config, load_config
+from agent.errors import ListRejected
 from agent.identity import Identity
-from agent.index import load_index
+from agent.index import load_index, open_latest
 from agent.model import Action, Client, Decision, Request, Source
 from agent.policy import Policy
 from agent.records import Notice
+
+log = structlog.get_logger("aupguard.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +49,21 @@ class Engine:
 
     @classmethod
     def load(cls, path: Path | None = None) -> Engine:
-        """Load config and lists (reusing the cached index when lists are unchanged)."""
+        """Load config and lists (reusing the cached index when lists are unchanged).
+
+        A list that fails its error budget falls back to the last good index, loudly: a
+        gateway keeps enforcing with yesterday's lists rather than stop.
+        """
         config = load_config(path)
-        index = load_index(config.list_sources(), config.index_dir())
+        try:
+            index = load_index(config.list_sources(), config.index_dir(),
+                               max_bad=config.lists.max_bad_share)  # fmt: skip
+        except ListRejected as e:
+            last = open_latest(config.index_dir())
+            if last is None:
+                raise
+            log.error("lists_rejected_using_last_good", error=str(e), index=str(last.path))
+            index = last
         never = [(n.entry, n.where) for n in config.never_block]
         return cls(config, Classifier(index, never_block=never))
 

@@ -59,7 +59,7 @@ class Runtime:
                 self.failed_reloads += 1
                 RELOADS.labels("failed").inc()
                 self.last_error = str(e)
-                log.error("reload_failed", keeping=self.engine.revision, error=str(e))  # noqa: TRY400  (the message is the point, not a traceback)
+                log.error("reload_failed", keeping=self.engine.revision, error=str(e))
                 return ReloadResult(ok=False, revision=self.engine.revision, error=str(e))
             old, self.engine = self.engine, fresh
             self.reloads += 1

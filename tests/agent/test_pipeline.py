@@ -131,3 +131,12 @@ def test_reload_swaps_only_on_success(config_path: Path) -> None:
     assert "unknown action 'blok'" in (result.error or "")
     assert runtime.engine is good
     assert first.evaluate("10.1.1.1", "https://www.ebay.com/").decision.action is Action.ALLOW
+
+
+def test_rejected_list_falls_back_to_last_good_index(config_path: Path) -> None:
+    """A list over its error budget does not stop the gateway: the last good index is used."""
+    first = Engine.load(config_path)
+    assert first.evaluate("10.1.1.1", "https://www.amazon.com/").decision.action is Action.BLOCK
+    (config_path.parent / "lists" / "shopping.txt").write_text("*bad..entry\n" * 50)
+    engine = Engine.load(config_path)
+    assert engine.evaluate("10.1.1.1", "https://www.amazon.com/").decision.action is Action.BLOCK
