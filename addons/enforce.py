@@ -77,7 +77,7 @@ class Enforce:
         path = Path(value) if value else None
         try:
             engine = self._load_engine(path)
-            settings = EnforcerSettings.from_config(engine.config, path)
+            settings = EnforcerSettings.from_config(engine.config)
         except (AupguardError, OSError, ValueError) as e:
             raise _refuse(f"aup_policy: {value!r}: {e}") from e
         self.runtime = Runtime(path, engine=engine)

@@ -213,6 +213,14 @@ class DnsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AcknowledgeConfig:
+    """Acknowledgment of the monitoring notice (agent.acknowledge)."""
+
+    enabled: bool = False
+    period_days: int = 30  # how long one acknowledgment lasts (a new notice version: at once)
+
+
+@dataclass(frozen=True, slots=True)
 class ProxySection:
     """The mitmproxy enforcement point."""
 
@@ -220,6 +228,7 @@ class ProxySection:
     listen: str = "127.0.0.1:8080"
     mode: ProxyMode = ProxyMode.REGULAR
     ca_dir: Path | None = None
+    upstream_ca_file: Path | None = None  # PEM CAs for origins (default: certifi's bundle)
     no_decrypt_categories: tuple[str, ...] = ()
     no_decrypt_hosts: tuple[str, ...] = ()
     record_allowed: bool = False  # also record plain allow decisions (volume!)
@@ -239,6 +248,9 @@ class ProxySection:
     throttle_exempt_hosts: tuple[str, ...] = ()
     # host suffix -> headers added to every request to it (tenant restrictions, docs/proxy.md)
     tenant_headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    # grants shared by every worker (Continue, acknowledgments); default: next to the secret
+    state_file: Path | None = None
+    acknowledge: AcknowledgeConfig = field(default_factory=AcknowledgeConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,9 +389,19 @@ class Config:
         """Where the compiled list index is cached."""
         if self.lists.cache_dir is not None:
             return self.lists.cache_dir
-        state = os.environ.get("STATE_DIRECTORY") or os.environ.get("XDG_CACHE_HOME")
-        base = Path(state) if state else Path.home() / ".cache"
-        return base / "aupguard" / "index"
+        if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=aupguard
+            return self.state_dir() / "index"
+        cache = os.environ.get("XDG_CACHE_HOME")
+        return (Path(cache) if cache else Path.home() / ".cache") / "aupguard" / "index"
+
+    @staticmethod
+    def state_dir() -> Path:
+        """Where services keep state (token secret, shared worker state): never the config dir."""
+        state = os.environ.get("STATE_DIRECTORY")
+        if state:
+            return Path(state.split(":")[0])
+        xdg = os.environ.get("XDG_STATE_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "aupguard"
 
 
 def display_path(path: Path) -> str:

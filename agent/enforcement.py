@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from mitmproxy import http, tls
 
+from agent.acknowledge import Acknowledgments
 from agent.config import Config
 from agent.model import Action, Source
 from agent.pages import PageFacts, Pages, PageTexts, short_body, wants_html
@@ -25,8 +26,15 @@ from agent.pipeline import Evaluation
 from agent.records import build_record, new_event_id
 from agent.runtime import Runtime
 from agent.shaping import Shaper
+from agent.shared_state import (
+    STATE_FILE,
+    PacedCensus,
+    SharedState,
+    after_commit,
+    worker_count,
+)
 from agent.throttle import Throttle, ThrottleSpec
-from agent.tokens import Allowances, Grant, TokenError, TokenSigner, load_secret
+from agent.tokens import Grant, TokenError, TokenSigner, load_secret
 from agent.usermap import UserMap
 
 CONTINUE_PATH = "/.aupguard/continue"
@@ -56,6 +64,10 @@ class EnforcerSettings:
     throttle: ThrottleSpec | None
     throttle_schedule: str | None
     tenant_headers: dict[str, tuple[tuple[str, str], ...]]
+    state_file: Path
+    acknowledge_days: int | None  # None: no acknowledgment of the notice asked
+    worker: str | None = None  # this worker's pid when several share the port (X-Aupguard-Worker)
+    workers: int = 1  # proxy processes sharing the port (throttle pools are host-wide)
 
     @property
     def refuses_at_sni(self) -> bool:
@@ -63,15 +75,21 @@ class EnforcerSettings:
         return bool(self.no_decrypt_hosts or self.no_decrypt_categories)
 
     @classmethod
-    def from_config(cls, config: Config, policy_path: Path | None) -> EnforcerSettings:
+    def from_config(cls, config: Config) -> EnforcerSettings:
         """Parse `config.proxy`; ValueError/OSError for a bad secret or template file."""
         p = config.proxy
-        secret_file = p.token_secret_file or _default_secret(policy_path)
+        secret_file = p.token_secret_file or _default_secret(config)
         texts = PageTexts(lang=p.page_lang, contact=p.page_contact)
         if p.page_exception_howto:
             texts = replace(texts, exception_howto=p.page_exception_howto)
         if p.page_template is not None:
             p.page_template.read_text(encoding="utf-8")  # fail at start, not on a request
+        state_file = p.state_file or secret_file.parent / STATE_FILE
+        SharedState.prepare(state_file)  # OSError now rather than at the first request
+        if p.acknowledge.enabled and p.acknowledge.period_days < 1:
+            raise ValueError(
+                f"proxy.acknowledge.period_days: {p.acknowledge.period_days}: expected >= 1"
+            )
         return cls(
             no_decrypt_hosts=frozenset(h.lower().rstrip(".") for h in p.no_decrypt_hosts),
             no_decrypt_categories=frozenset(p.no_decrypt_categories),
@@ -86,6 +104,10 @@ class EnforcerSettings:
             tenant_headers={
                 h.lower().rstrip("."): tuple(v.items()) for h, v in p.tenant_headers.items()
             },
+            state_file=state_file,
+            acknowledge_days=p.acknowledge.period_days if p.acknowledge.enabled else None,
+            worker=str(os.getpid()) if worker_count() > 1 else None,
+            workers=worker_count(),
         )
 
 
@@ -112,12 +134,9 @@ def _throttle_spec(config: Config) -> ThrottleSpec | None:
     )
 
 
-def _default_secret(policy_path: Path | None) -> Path:
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state) / "continue.key"
-    base = policy_path.resolve().parent if policy_path else Path.home() / ".config" / "aupguard"
-    base.mkdir(parents=True, exist_ok=True)
+def _default_secret(config: Config) -> Path:
+    base = config.state_dir()
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     return base / "continue.key"
 
 
@@ -168,13 +187,18 @@ class Enforcer:
         self.emit = emit
         self.pages = Pages(settings.texts, settings.template)
         self.signer = TokenSigner(settings.secret)
-        self.allowances = Allowances()
+        self.state = SharedState(settings.state_file)
+        self.acks: Acknowledgments | None = None
+        if settings.acknowledge_days is not None:
+            days = settings.acknowledge_days
+            self.acks = Acknowledgments(self.state, settings.secret, days, self.pages)
         self.users = UserMap(settings.user_map)
         self._refused: OrderedDict[str, None] = OrderedDict()
         self.shaper: Shaper | None = None
         if settings.throttle is not None:
             throttle = Throttle(settings.throttle, self._in_throttle_schedule)
-            self.shaper = Shaper(throttle, proxyserver)
+            census = PacedCensus(self.state, settings.workers) if settings.workers > 1 else None
+            self.shaper = Shaper(throttle, proxyserver, census)
 
     def _in_throttle_schedule(self, now: float) -> bool:
         schedule = self.runtime.engine.policy.schedules.get(self.settings.throttle_schedule or "")
@@ -217,6 +241,8 @@ class Enforcer:
 
     def enforce(self, flow: http.HTTPFlow, now: float) -> str:
         """Decide and act on one request; returns the action label for `flow.metadata`."""
+        if self.acks is not None and (label := self._notice_first(flow, now)) is not None:
+            return label
         try:
             ev = self.evaluate(flow, now)
         except ValueError:
@@ -228,7 +254,7 @@ class Enforcer:
         d = ev.decision
         flow.metadata["aup_groups"] = ev.client.groups
         subject = ev.client.user or ev.client.ip
-        if d.action is Action.WARN and self.allowances.allowed(subject, d.category, now):
+        if d.action is Action.WARN and self.state.allowed(subject, f"continue:{d.category}", now):
             self._record(ev, now, extra={"aupguard.continued": True})
             self.add_tenant_headers(flow, ev.request.host)
             return "warn-continued"
@@ -271,22 +297,38 @@ class Enforcer:
         except TokenError as e:
             body, ctype = f"invalid continue link: {e}\n".encode(), "text/plain; charset=utf-8"
             return http.Response.make(403, body, {"content-type": ctype, **_SECURITY_HEADERS})
-        self.allowances.allow(grant.subject, grant.category, now + self.settings.warn_seconds)
-        try:
-            ev = self.runtime.engine.evaluate(
-                flow.client_conn.peername[0], grant.url, now=now, user=user, source=Source.HTTP
-            )
-            self._record(
-                ev,
-                now,
-                extra={
-                    "event.action": "acknowledged",
-                    "aupguard.acknowledged_category": grant.category,
-                },
-            )
-        except ValueError:
-            pass
+        until = now + self.settings.warn_seconds
+        durable = self.state.grant(grant.subject, f"continue:{grant.category}", until)
+        after_commit(durable, flow.intercept, flow.resume)  # valid on every worker on redirect
+        extra = {"event.action": "acknowledged", "aupguard.acknowledged_category": grant.category}
+        self._record_url(flow, grant.url, user, now, extra)
         return http.Response.make(302, b"", {"location": grant.url, "cache-control": "no-store"})
+
+    def _notice_first(self, flow: http.HTTPFlow, now: float) -> str | None:
+        """Redeem an acknowledgment, or show the notice to a first navigation; None otherwise."""
+        assert self.acks is not None  # noqa: S101  (the caller checked)
+        user = self.user_of(flow)
+        subject = user or flow.client_conn.peername[0]
+        notice = self.runtime.engine.notice
+        return self.acks.handle(
+            flow,
+            user=user,
+            subject=subject,
+            notice=(notice.text, notice.version),
+            now=now,
+            record=lambda url, u, extra: self._record_url(flow, url, u, now, extra),
+        )
+
+    def _record_url(
+        self, flow: http.HTTPFlow, url: str, user: str | None, now: float, extra: dict[str, Any]
+    ) -> None:
+        """Record an event about `url` (Continue, acknowledgment) through the record writer."""
+        ip = flow.client_conn.peername[0]
+        try:
+            ev = self.runtime.engine.evaluate(ip, url, now=now, user=user, source=Source.HTTP)
+        except ValueError:
+            return  # the URL came from a request the engine already refused to read
+        self._record(ev, now, extra=extra)
 
     def _record(self, ev: Evaluation, now: float, extra: dict[str, Any] | None = None) -> str:
         engine = self.runtime.engine
@@ -376,14 +418,24 @@ class Enforcer:
 
     def on_response_headers(self, flow: http.HTTPFlow, now: float) -> None:
         """Stream, count and pace large transfers in the throttle schedule."""
+        if self.settings.worker is not None and flow.response is not None:
+            flow.response.headers["x-aupguard-worker"] = self.settings.worker
         if self.shaper is not None and flow.metadata.get(MARK_KEY) not in {"block", "warn"}:
             groups = flow.metadata.get("aup_groups", frozenset())
             self.shaper.on_response_headers(flow, groups, now)
 
     def on_done(self, flow: http.HTTPFlow, now: float) -> None:
-        """End a paced transfer (log it) and count buffered bodies."""
+        """End a paced transfer (log and record it) and count buffered bodies."""
         if self.shaper is not None:
-            self.shaper.on_done(flow, now)
+            paced = self.shaper.on_done(flow, now)
+            if paced is not None:  # the `throttle` record that `aupguard report` counts
+                extra = {
+                    "event.action": "throttle",
+                    "event.duration": int(paced["duration_s"] * 1e9),
+                    "aupguard.throttled": True,
+                    "aupguard.throttled_bytes": paced["bytes"],
+                }
+                self._record_url(flow, flow.request.pretty_url, self.user_of(flow), now, extra)
 
     def on_request_start(self, flow: http.HTTPFlow) -> None:
         """A new request on a connection: its previous paced response has been delivered."""

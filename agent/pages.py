@@ -31,6 +31,8 @@ class PageTexts:
     warn_title: str = "This site may not be appropriate for work"
     error_title: str = "This site could not be reached safely"
     continue_label: str = "Continue to the site"
+    notice_title: str = "Notice of electronic monitoring"
+    acknowledge_label: str = "I acknowledge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,9 @@ dl{margin:0}dt{font-weight:600;margin-top:.5rem}dd{margin:0}
 a.button{display:inline-block;margin:1rem 0;padding:.75rem 1.25rem;background:#0b4f9c;
 color:#fff;text-decoration:none;border-radius:.25rem;font-weight:600}
 a.button:focus{outline:3px solid #ffbf47;outline-offset:2px}
+button{font:inherit;margin:1rem 0;padding:.75rem 1.25rem;background:#0b4f9c;color:#fff;
+border:0;border-radius:.25rem;font-weight:600;cursor:pointer}
+button:focus{outline:3px solid #ffbf47;outline-offset:2px}
 """.strip()
 
 DEFAULT_TEMPLATE = string.Template(
@@ -90,6 +95,34 @@ $action
 <h2>Requesting an exception</h2>
 <p>$exception_howto</p>
 <p class="notice" id="aup-notice">$notice</p>
+</main>
+</body>
+</html>
+"""
+)
+
+NOTICE_TEMPLATE = string.Template(
+    """<!DOCTYPE html>
+<html lang="$lang">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>$title</title>
+<style>$style</style>
+</head>
+<body>
+<main>
+<h1>$title</h1>
+<p>Before you continue, read the notice below and acknowledge it.</p>
+<div class="notice" id="aup-notice">$paragraphs</div>
+<p>Notice version <span id="aup-notice-version">$version</span>.
+You asked for <span class="url" id="aup-url">$url</span>.</p>
+<form method="post" action="$action">
+<button type="submit" id="aup-acknowledge">$label</button>
+</form>
+<h2>Need help?</h2>
+<p>Contact $contact.</p>
 </main>
 </body>
 </html>
@@ -140,6 +173,24 @@ class Pages:
             **{k: _e(v) for k, v in facts.extra.items()},
         }
         return self.template.safe_substitute(values)
+
+    def render_notice(self, *, url: str, notice: str, version: str, action: str) -> str:
+        """The monitoring-notice page with an "I acknowledge" button posting to `action`."""
+        t = self.texts
+        paragraphs = "".join(
+            f"<p>{_e(p.strip())}</p>" for p in notice.split("\n\n") if p.strip()
+        )
+        return NOTICE_TEMPLATE.substitute(
+            lang=_e(t.lang),
+            title=_e(t.notice_title),
+            style=_STYLE,
+            paragraphs=paragraphs,
+            version=_e(version),
+            url=_e(url),
+            action=_e(action),
+            label=_e(t.acknowledge_label),
+            contact=_e(t.contact),
+        )
 
 
 def _e(text: str) -> str:

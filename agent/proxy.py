@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from agent.cli import command
 from agent.config import Config, ProxyMode, load_config
 from agent.errors import AupguardError
+from agent.shared_state import WORKERS_ENV
 
 CA_KEY_FILE = "mitmproxy-ca.pem"  # key + certificate (mode 0600)
 CA_CERT_FILE = "mitmproxy-ca-cert.pem"  # the certificate clients trust
@@ -44,6 +48,36 @@ def _proxy_args(p: argparse.ArgumentParser) -> None:
         help="regular (explicit proxy) or transparent (default: proxy.mode)",
     )
     p.add_argument("--records", type=Path, default=None, help="records file (JSON lines)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="this process is one of N workers sharing the listen port (SO_REUSEPORT); "
+        "set by `aupguard run --workers N`",
+    )
+
+
+class ReusePortLoop(asyncio.SelectorEventLoop):
+    """An event loop whose TCP servers bind with SO_REUSEPORT: workers share one port.
+
+    mitmproxy 12 binds with `asyncio.start_server(handler, host, port)`, which has no
+    reuse-port option of its own but passes through `loop.create_server`; the kernel then
+    spreads new connections over every worker's socket (same user only).
+    """
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+        """`loop.create_server` with `reuse_port=True` unless the caller chose."""
+        kwargs.setdefault("reuse_port", True)
+        return await super().create_server(*args, **kwargs)
+
+
+def run_workers(workers: int, serve: Coroutine[Any, Any, int]) -> int:
+    """Run `serve`; as one of `workers` > 1 processes, share the port and the throttle pool."""
+    if workers <= 1:
+        return asyncio.run(serve)
+    os.environ[WORKERS_ENV] = str(workers)  # the addon takes 1/N of the aggregate pool
+    with asyncio.Runner(loop_factory=ReusePortLoop) as runner:
+        return runner.run(serve)
 
 
 @command("proxy", "run the web enforcement point (mitmproxy + the enforce addon)", _proxy_args)
@@ -65,7 +99,19 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         return 1
     mode = args.mode or config.proxy.mode.value
     records = args.records or config.records.file
-    return asyncio.run(_serve(args.config, host, port, mode=mode, confdir=confdir, records=records))
+    upstream_ca = config.proxy.upstream_ca_file
+    return run_workers(
+        args.workers,
+        _serve(
+            args.config,
+            host,
+            port,
+            mode=mode,
+            confdir=confdir,
+            records=records,
+            upstream_ca=upstream_ca,
+        ),
+    )
 
 
 async def _serve(  # noqa: PLR0913  (the resolved command line)
@@ -76,6 +122,7 @@ async def _serve(  # noqa: PLR0913  (the resolved command line)
     mode: str,
     confdir: Path | None,
     records: Path | None,
+    upstream_ca: Path | None = None,
 ) -> int:
     """Embed DumpMaster in this loop with the enforce addon; return its exit status."""
     from mitmproxy import exceptions  # noqa: PLC0415  (heavy imports only for this command)
@@ -84,7 +131,9 @@ async def _serve(  # noqa: PLR0913  (the resolved command line)
 
     from addons.enforce import Enforce  # noqa: PLC0415
 
-    opts = Options(listen_host=host, listen_port=port, mode=[mode])
+    # asyncio sets IPV6_V6ONLY on a "::" socket: "[::]:PORT" would refuse IPv4 clients.
+    # mitmproxy's "" binds 0.0.0.0 and :: (the documented dual-stack "[::]:8080").
+    opts = Options(listen_host="" if host == "::" else host, listen_port=port, mode=[mode])
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     master.addons.add(Enforce())  # type: ignore[no-untyped-call]
     settings: dict[str, object] = {
@@ -96,6 +145,8 @@ async def _serve(  # noqa: PLR0913  (the resolved command line)
         settings["confdir"] = str(confdir)
     if records is not None:
         settings["aup_records"] = str(records)
+    if upstream_ca is not None:  # an agency CA for internal origins (mitmproxy option)
+        settings["ssl_verify_upstream_trusted_ca"] = str(upstream_ca)
     try:
         master.options.update(**settings)  # type: ignore[no-untyped-call]
     except exceptions.OptionsError as e:

@@ -8,6 +8,7 @@ aggregate pool (`agent.pacing`), re-balanced whenever a paced transfer starts or
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,10 @@ import structlog
 from mitmproxy import http
 
 from agent import pacing
+from agent.shared_state import PacedCensus
 from agent.throttle import Throttle
 
+SYNC_EVERY = 1.0  # seconds between exchanges of paced-transfer counts with other workers
 STREAM_ABOVE = 1_000_000  # bodies above this (or of unknown size) are streamed and counted
 log = structlog.get_logger("aupguard.throttle")
 
@@ -35,7 +38,12 @@ class Transfer:
 class Shaper:
     """Per-flow throttling for the enforce addon."""
 
-    def __init__(self, throttle: Throttle, proxyserver: Callable[[], Any]) -> None:
+    def __init__(
+        self, throttle: Throttle, proxyserver: Callable[[], Any], census: PacedCensus | None = None
+    ) -> None:
+        self._census = census  # several workers: pools are shared host-wide through it
+        self._elsewhere: dict[str, int] | None = {}
+        self._synced = 0.0
         self.throttle = throttle
         self._proxyserver = proxyserver
         self._paced: dict[str, Transfer] = {}
@@ -60,6 +68,9 @@ class Shaper:
             transfer = self._paced.get(flow.id)
             if transfer is not None:
                 transfer.paced_bytes += len(chunk)
+                if self._census is not None and now - self._synced >= SYNC_EVERY:
+                    self._sync(now)
+                    self._rebalance()
             elif total > self.throttle.spec.threshold and self.throttle.should_pace(
                 client, None, now
             ):
@@ -71,11 +82,12 @@ class Shaper:
     def _start(self, flow: http.HTTPFlow, client: str, now: float) -> None:
         self._paced[flow.id] = Transfer(flow, client, now)
         self.throttle.start(flow.id, client)
+        self._sync(now)
         self._rebalance()
 
     def _rebalance(self) -> None:
         server = self._proxyserver()
-        for key, rate in self.throttle.rates().items():
+        for key, rate in self.rates().items():
             transfer = self._paced.get(str(key))
             if transfer is None:
                 continue
@@ -86,8 +98,8 @@ class Shaper:
                 continue
             pacing.set_rate(sock, rate)
 
-    def on_done(self, flow: http.HTTPFlow, now: float) -> None:
-        """Count buffered bodies; end a paced transfer's share and log it.
+    def on_done(self, flow: http.HTTPFlow, now: float) -> dict[str, Any] | None:
+        """Count buffered bodies; end a paced transfer's share, log it and return its summary.
 
         The socket stays paced: mitmproxy finishes a flow when the body is handed to the
         transport, not when the client has it. `release` resets it at the connection's next
@@ -98,20 +110,50 @@ class Shaper:
             resp = flow.response
             if resp is not None and not resp.stream and resp.raw_content:
                 self.throttle.window.add(flow.client_conn.peername[0], len(resp.raw_content), now)
-            return
+            return None
         rate = self.throttle.rates().get(flow.id, 1)
         self.throttle.finish(flow.id)
         self._draining[flow.client_conn.id] = flow.client_conn
+        self._sync(now)
         self._rebalance()
         took = max(now - transfer.started, transfer.paced_bytes / rate)
+        summary = {
+            "bytes": transfer.paced_bytes,
+            "duration_s": round(took, 3),
+            "avg_rate": round(transfer.paced_bytes / took),
+        }
         log.info(
-            "throttled_transfer",
-            client=transfer.client,
-            host=flow.request.pretty_host,
-            bytes=transfer.paced_bytes,
-            duration_s=round(took, 3),
-            avg_rate=round(transfer.paced_bytes / took),
+            "throttled_transfer", client=transfer.client, host=flow.request.pretty_host, **summary
         )
+        return summary
+
+    def rates(self) -> dict[object, int]:
+        """Each paced transfer's rate; with several workers, shares of the host-wide pools.
+
+        min(client rate / the client's transfers on every worker, aggregate / all transfers);
+        if the other workers' counts cannot be read, a static 1/N share of the aggregate.
+        """
+        if self._census is None:
+            return self.throttle.rates()
+        spec = self.throttle.spec
+        local = Counter(t.client for t in self._paced.values())
+        others, aggregate = self._elsewhere, float(spec.aggregate_rate)
+        if others is None:
+            others, aggregate = {}, aggregate / self._census.workers
+        total = sum(local.values()) + sum(others.values())
+        rates: dict[object, int] = {}
+        for key, t in self._paced.items():
+            client_share = spec.client_rate / (local[t.client] + others.get(t.client, 0))
+            rates[key] = max(1, int(min(client_share, aggregate / total)))
+        return rates
+
+    def _sync(self, now: float) -> None:
+        """Publish this worker's paced transfers and read the others' (several workers only)."""
+        if self._census is None:
+            return
+        self._synced = now
+        self._census.publish(Counter(t.client for t in self._paced.values()), now)
+        self._elsewhere = self._census.elsewhere(now)
 
     def release(self, client: Any) -> None:
         """Unpace a connection whose paced response is delivered (its next request came)."""

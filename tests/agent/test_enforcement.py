@@ -59,4 +59,4 @@ def test_unknown_throttle_schedule_lists_names(tmp_path):
         'records:\n  notice: {text: "NOTICE."}\n'
     )
     with pytest.raises(ValueError, match=r"unknown schedule 'busines-hours'.*business-hours"):
-        EnforcerSettings.from_config(load_config(policy), policy)
+        EnforcerSettings.from_config(load_config(policy))
