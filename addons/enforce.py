@@ -103,6 +103,7 @@ class Enforce:
 
         if self.runtime is not None:
             self.runtime.install_sighup(asyncio.get_running_loop())
+        self._flush_metrics()
         gc.collect()
         gc.freeze()
         if not ctx.options.stream_large_bodies:
@@ -153,8 +154,18 @@ class Enforce:
         """Finish throttling bookkeeping for a failed flow."""
         self.response(flow)
 
+    def _flush_metrics(self) -> None:
+        """Push the hot path's counts into the Prometheus counters, then again in a second."""
+        import asyncio  # noqa: PLC0415
+
+        if self.enforcer is not None:
+            self.enforcer.tally.flush()
+        asyncio.get_running_loop().call_later(1.0, self._flush_metrics)
+
     def done(self) -> None:
-        """Drain records on shutdown."""
+        """Drain records and counts on shutdown."""
+        if self.enforcer is not None:
+            self.enforcer.tally.flush()
         if self.writer is not None and hasattr(self.writer, "close"):
             self.writer.close(10)
 

@@ -20,6 +20,7 @@ from mitmproxy import http, tls
 
 from agent.acknowledge import Acknowledgments
 from agent.config import Config
+from agent.metrics import DECISIONS, HTTP_REQUESTS, THROTTLED_BYTES, Tally
 from agent.model import Action, Source
 from agent.pages import PageFacts, Pages, PageTexts, short_body, wants_html
 from agent.pipeline import Evaluation
@@ -193,6 +194,7 @@ class Enforcer:
             days = settings.acknowledge_days
             self.acks = Acknowledgments(self.state, settings.secret, days, self.pages)
         self.users = UserMap(settings.user_map)
+        self.tally = Tally()  # flushed into the Prometheus counters by the addon, once a second
         self._refused: OrderedDict[str, None] = OrderedDict()
         self.shaper: Shaper | None = None
         if settings.throttle is not None:
@@ -252,6 +254,8 @@ class Enforcer:
             flow.response = http.Response.make(400, body, headers)
             return "unparsable"
         d = ev.decision
+        self.tally.add(HTTP_REQUESTS, flow.request.scheme)
+        self.tally.add(DECISIONS, "http", d.action.label, d.category or "none")
         flow.metadata["aup_groups"] = ev.client.groups
         subject = ev.client.user or ev.client.ip
         if d.action is Action.WARN and self.state.allowed(subject, f"continue:{d.category}", now):
@@ -429,6 +433,7 @@ class Enforcer:
         if self.shaper is not None:
             paced = self.shaper.on_done(flow, now)
             if paced is not None:  # the `throttle` record that `aupguard report` counts
+                THROTTLED_BYTES.inc(paced["bytes"])
                 extra = {
                     "event.action": "throttle",
                     "event.duration": int(paced["duration_s"] * 1e9),
