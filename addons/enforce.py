@@ -31,7 +31,7 @@ from agent.enforcement import (
 from agent.errors import AupguardError
 from agent.pipeline import Engine
 from agent.runtime import Runtime
-from agent.writer import JsonLinesFileSink, RecordWriter
+from agent.shipping import open_writer
 
 MARK = MARK_KEY
 WEAKENING_OPTIONS = ("emudhra", "emudhra_old")  # carried by the mitmproxy 12.3.1 wheel
@@ -50,13 +50,18 @@ class Enforce:
         """Register options."""
         loader.add_option("aup_policy", str, "", "aupguard baseline policy file (YAML).")
         loader.add_option("aup_records", str, "", "aupguard decision records (JSON lines file).")
+        loader.add_option(
+            "aup_writer", str, "proxy",
+            "Name of this record writer: the configured records file, chain and spool are per "
+            "writer (records.jsonl -> records.<name>.jsonl).",
+        )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
         """Load the policy, open records, and refuse options that weaken TLS or enforcement."""
         self._refuse_weakening()
         if "aup_policy" in updated or self.runtime is None:
             self._load_policy(ctx.options.aup_policy)
-        if "aup_records" in updated and ctx.options.aup_records:
+        if {"aup_policy", "aup_records", "aup_writer"} & updated:
             self._open_records(ctx.options.aup_records)
         if self.enforcer is not None and self.enforcer.settings.refuses_at_sni:
             strategy = getattr(ctx.options, "connection_strategy", "lazy")
@@ -84,13 +89,17 @@ class Enforce:
         self.enforcer = Enforcer(self.runtime, settings, self._write, _proxyserver)
 
     def _open_records(self, value: str) -> None:
+        """The configured sinks (`records:` in the policy) plus `aup_records` as JSON lines."""
+        if self.runtime is None:
+            return
         try:
-            sink = JsonLinesFileSink(value)
-        except OSError as e:
-            raise _refuse(f"aup_records: {value!r}: {e}") from e
+            writer = open_writer(self.runtime.engine.config.records, writer=ctx.options.aup_writer,
+                                 also=Path(value) if value else None)  # fmt: skip
+        except (OSError, ValueError) as e:
+            raise _refuse(f"aup_records/records: {value!r}: {e}") from e
         if self.writer is not None and hasattr(self.writer, "close"):
             self.writer.close(5)
-        self.writer = RecordWriter([sink])
+        self.writer = writer
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.writer is not None:

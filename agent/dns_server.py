@@ -39,8 +39,9 @@ from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally
 from agent.model import Client, Decision, Request
 from agent.records import build_record
 from agent.runtime import Runtime
+from agent.shipping import open_writer
 from agent.upstream import UpstreamError, UpstreamPool, parse_addr, system_resolvers
-from agent.writer import JsonLinesFileSink, RecordWriter
+from agent.writer import RecordWriter
 
 MAX_INFLIGHT = 2048  # distinct questions waiting for upstreams (each holds a socket)
 TRIP_INTERVAL = 10.0  # seconds: refused / rate-limited clients are recorded once per interval
@@ -65,7 +66,9 @@ class Settings:
     records_file: Path | None
 
 
-def make_settings(section: DnsSection, args: argparse.Namespace) -> Settings:
+def make_settings(
+    section: DnsSection, args: argparse.Namespace, resolv_conf: Path = Path("/etc/resolv.conf")
+) -> Settings:
     """Apply `--listen/--upstream/--allow-clients/--records`; ValueError names the bad value."""
     if args.allow_clients:
         nets = tuple(parse_network(c) for c in args.allow_clients.split(",") if c.strip())
@@ -73,7 +76,7 @@ def make_settings(section: DnsSection, args: argparse.Namespace) -> Settings:
     listen = tuple(parse_addr(a) for a in (args.listen or section.listen))
     upstreams = tuple(parse_addr(a) for a in (args.upstream or section.upstreams))
     if not upstreams:  # the embedded default: forward to whatever the host itself uses
-        upstreams = system_resolvers(exclude=listen)
+        upstreams = system_resolvers(resolv_conf, exclude=listen)
     if not upstreams:
         raise ValueError(
             "no upstream resolvers: set dns.upstreams, pass --upstream ADDR:PORT, "
@@ -469,13 +472,10 @@ def log_event(event: str, **fields: Any) -> None:
 
 
 def make_writer(settings: Settings, runtime: Runtime) -> RecordWriter | None:
-    """The record writer over the configured file and `--records FILE` (None: no sinks)."""
-    config = runtime.engine.config
-    paths = [p for p in (config.records.file, settings.records_file) if p is not None]
-    if not paths or settings.section.records is DnsRecords.OFF:
+    """The configured record sinks (file per writer, chain, syslog) plus `--records FILE`."""
+    if settings.section.records is DnsRecords.OFF:
         return None
-    sinks = [JsonLinesFileSink(p) for p in dict.fromkeys(paths)]
-    return RecordWriter(sinks, queue_size=config.records.queue_size)
+    return open_writer(runtime.engine.config.records, writer="dns", also=settings.records_file)
 
 
 async def serve(settings: Settings, runtime: Runtime) -> None:

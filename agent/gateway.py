@@ -214,8 +214,8 @@ def plan_children(config: Config, args: argparse.Namespace, available: set[str])
         for n in range(1, workers + 1):
             name = "proxy" if workers == 1 else f"proxy-{n}"
             argv = [*base, "proxy", *common, "--listen", config.proxy.listen]
-            if workers > 1:  # SO_REUSEPORT and a 1/N share of the aggregate throttle pool
-                argv += ["--workers", str(workers)]
+            if workers > 1:  # SO_REUSEPORT, a host-wide throttle pool, a chain per writer
+                argv += ["--workers", str(workers), "--writer", name]
             children.append(Child(name, argv, (config.proxy.listen,)))
     return children
 

@@ -47,7 +47,11 @@ def _proxy_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="regular (explicit proxy) or transparent (default: proxy.mode)",
     )
-    p.add_argument("--records", type=Path, default=None, help="records file (JSON lines)")
+    p.add_argument("--records", type=Path, default=None,
+                   help="also write records to this file (JSON lines)")  # fmt: skip
+    p.add_argument("--writer", default="proxy",
+                   help="record writer name: the configured records file, chain and spool are "
+                   "per writer (set by `aupguard run`)")  # fmt: skip
     p.add_argument(
         "--workers",
         type=int,
@@ -98,7 +102,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         )
         return 1
     mode = args.mode or config.proxy.mode.value
-    records = args.records or config.records.file
+    records = args.records  # the configured records: sinks come from the policy's records:
     upstream_ca = config.proxy.upstream_ca_file
     return run_workers(
         args.workers,
@@ -109,6 +113,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             mode=mode,
             confdir=confdir,
             records=records,
+            writer=args.writer,
             upstream_ca=upstream_ca,
         ),
     )
@@ -122,6 +127,7 @@ async def _serve(  # noqa: PLR0913  (the resolved command line)
     mode: str,
     confdir: Path | None,
     records: Path | None,
+    writer: str = "proxy",
     upstream_ca: Path | None = None,
 ) -> int:
     """Embed DumpMaster in this loop with the enforce addon; return its exit status."""
@@ -140,6 +146,7 @@ async def _serve(  # noqa: PLR0913  (the resolved command line)
         "connection_strategy": "lazy",
         "stream_large_bodies": "1m",
         "aup_policy": str(policy) if policy else "",
+        "aup_writer": writer,
     }
     if confdir is not None:
         settings["confdir"] = str(confdir)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ from agent.logs import get_logger
 from agent.metrics import SPOOL_DEPTH
 from agent.records import dropped_record, format_timestamp
 from agent.rotation import RotatingFileSink, rotated_files
+from agent.writer import JsonLinesFileSink, RecordWriter
 
 if TYPE_CHECKING:
     from agent.config import RecordsSection
@@ -368,6 +370,28 @@ def tls_context(ca_file: str | os.PathLike[str]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=os.fspath(ca_file))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+def open_writer(
+    section: RecordsSection, *, writer: str, also: Path | None = None
+) -> RecordWriter | None:
+    """The record writer of one process (the DNS filter, a proxy worker); None without sinks.
+
+    Each writer keeps its own records file, hash chain and spool (`records.jsonl` becomes
+    `records.dns.jsonl`, `records.proxy-2.jsonl`), so every chain verifies on its own.
+    `also` (`--records FILE`) receives plain JSON lines besides.
+    """
+    if section.file is not None:
+        section = replace(section, file=section.file.with_name(
+            f"{section.file.stem}.{writer}{section.file.suffix}"))  # fmt: skip
+    if section.spool_dir is not None:
+        spool = section.spool_dir / writer
+        spool.mkdir(mode=0o750, parents=True, exist_ok=True)
+        section = replace(section, spool_dir=spool)
+    sinks, _syslog = record_sinks(section)
+    if also is not None:
+        sinks = [*sinks, JsonLinesFileSink(also)]
+    return RecordWriter(sinks, queue_size=section.queue_size) if sinks else None
 
 
 def _syslog_sink(section: RecordsSection) -> SyslogSink | None:

@@ -15,7 +15,6 @@ COVERED_ELSEWHERE = {
     "agent/config_check.py": "cross-reference checks are tested in tests/agent/test_config.py",
     "agent/runtime.py": "reload is tested in tests/agent/test_pipeline.py",
     "agent/logcheck.py": "tests/agent/test_chain.py runs `aupguard logs verify` and `logs keygen`",
-    "agent/shipping.py": "tests/integration/test_syslog.py ships to a real rsyslog",
 }
 
 

@@ -76,10 +76,17 @@ def test_make_settings(
         pytest.param({}, id="no-upstreams"),
     ],
 )
-def test_make_settings_rejects(flags: dict[str, Any]) -> None:
-    """Bad flags (or no upstream at all) raise ValueError for the CLI to report."""
+def test_make_settings_rejects(flags: dict[str, Any], tmp_path: Path) -> None:
+    """Bad flags (or no upstream at all, not even in resolv.conf) raise ValueError for the CLI."""
     with pytest.raises(ValueError):
-        make_settings(DnsSection(), args(**flags))
+        make_settings(DnsSection(), args(**flags), resolv_conf=tmp_path / "no-resolv.conf")
+
+
+def test_make_settings_falls_back_to_resolv_conf(tmp_path: Path) -> None:
+    """With no upstream configured, the host's resolvers are used."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.53\n")
+    assert make_settings(DnsSection(), args(), resolv_conf=conf).upstreams == (("192.0.2.53", 53),)
 
 
 def test_rate_limiter_refills() -> None:

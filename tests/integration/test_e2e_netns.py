@@ -242,9 +242,13 @@ except TimeoutError:
 
 
 def read_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every writer's records: `records.jsonl` is written as records.dns.jsonl, records.proxy.jsonl."""
+    return [
+        json.loads(line)
+        for f in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}"))
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
 
 
 def find(records: list[dict], **want: str) -> list[dict]:
