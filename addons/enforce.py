@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from mitmproxy.proxy import server_hooks
 if str(Path(__file__).resolve().parent.parent) not in sys.path:  # `mitmdump -s addons/enforce.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.config import NoticeConfig
 from agent.enforcement import (
     CONTINUE_PATH,
     MARK_KEY,
@@ -45,6 +47,7 @@ class Enforce:
         self.runtime: Runtime | None = None
         self.enforcer: Enforcer | None = None
         self.writer: Any = None  # RecordWriter (or a test double with .write)
+        self._records_key: tuple[object, ...] = ()
 
     def load(self, loader: Loader) -> None:
         """Register options."""
@@ -92,6 +95,11 @@ class Enforce:
         """The configured sinks (`records:` in the policy) plus `aup_records` as JSON lines."""
         if self.runtime is None:
             return
+        sinks = replace(self.runtime.engine.config.records, notice=NoticeConfig())  # not the text
+        key = (sinks, value, ctx.options.aup_writer)
+        if key == self._records_key:
+            return  # a policy reload that leaves the records settings alone keeps the writer
+        self._records_key = key
         try:
             writer = open_writer(self.runtime.engine.config.records, writer=ctx.options.aup_writer,
                                  also=Path(value) if value else None)  # fmt: skip

@@ -142,19 +142,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def _write_record(engine: Any, ev: Any, now: float, path: Path) -> None:
     """Append the decision's record to `path` through the same writer the services use."""
-    from agent.records import build_record  # noqa: PLC0415
     from agent.writer import JsonLinesFileSink, RecordWriter  # noqa: PLC0415
 
-    record = build_record(
-        request=ev.request,
-        client=ev.client,
-        decision=ev.decision,
-        now=now,
-        policy_rev=engine.revision,
-        notice=engine.notice,
-    )
     with RecordWriter([JsonLinesFileSink(path)]) as writer:
-        writer.write(record)
+        writer.write(engine.record(ev, now))
 
 
 def _match(m: Any) -> dict[str, Any]:

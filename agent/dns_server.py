@@ -37,7 +37,7 @@ from agent.dns_cache import CacheKey, DnsCache, Verdicts
 from agent.dns_wire import Answers, Question
 from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally
 from agent.model import Client, Decision, Request
-from agent.records import build_record
+from agent.pipeline import Evaluation
 from agent.runtime import Runtime
 from agent.shipping import open_writer
 from agent.upstream import UpstreamError, UpstreamPool, parse_addr, system_resolvers
@@ -118,16 +118,8 @@ class Recorder:
         """Queue one record (never blocks; the writer counts drops)."""
         if self.writer is None:
             return
-        engine = self.runtime.engine
         request, decision = verdict
-        record = build_record(
-            request=request,
-            client=client,
-            decision=decision,
-            now=now,
-            policy_rev=engine.revision,
-            notice=engine.notice,
-        )
+        record = self.runtime.engine.record(Evaluation(client, request, decision), now)
         # Every key of `extra` starts with an ECS root (dns, event, network, error, aupguard),
         # so a plain dotted-path set gives what `extra=` would, at a third of the cost.
         for key, value in extra.items():

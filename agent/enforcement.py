@@ -24,7 +24,7 @@ from agent.metrics import DECISIONS, HTTP_REQUESTS, THROTTLED_BYTES, Tally
 from agent.model import Action, Source
 from agent.pages import PageFacts, Pages, PageTexts, short_body, wants_html
 from agent.pipeline import Evaluation
-from agent.records import build_record, new_event_id
+from agent.records import new_event_id
 from agent.runtime import Runtime
 from agent.shaping import Shaper
 from agent.shared_state import (
@@ -335,19 +335,8 @@ class Enforcer:
         self._record(ev, now, extra=extra)
 
     def _record(self, ev: Evaluation, now: float, extra: dict[str, Any] | None = None) -> str:
-        engine = self.runtime.engine
         eid = new_event_id(now)
-        record = build_record(
-            request=ev.request,
-            client=ev.client,
-            decision=ev.decision,
-            now=now,
-            policy_rev=engine.revision,
-            notice=engine.notice,
-            event_id=eid,
-            extra=extra,
-        )
-        self.emit(record)
+        self.emit(self.runtime.engine.record(ev, now, event_id=eid, extra=extra))
         return eid
 
     def _page(  # noqa: PLR0913  (one page needs all of these)

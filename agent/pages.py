@@ -68,8 +68,8 @@ border:0;border-radius:.25rem;font-weight:600;cursor:pointer}
 button:focus{outline:3px solid #ffbf47;outline-offset:2px}
 """.strip()
 
-DEFAULT_TEMPLATE = string.Template(
-    """<!DOCTYPE html>
+# Both pages start alike: language, phone viewport, no referrer leak, one h1.
+_HEAD = """<!DOCTYPE html>
 <html lang="$lang">
 <head>
 <meta charset="utf-8">
@@ -81,7 +81,11 @@ DEFAULT_TEMPLATE = string.Template(
 <body>
 <main>
 <h1>$title</h1>
-<p>$lead</p>
+"""
+
+DEFAULT_TEMPLATE = string.Template(
+    _HEAD
+    + """<p>$lead</p>
 <dl>
 <dt>Requested address</dt><dd class="url" id="aup-url">$url</dd>
 <dt>Category</dt><dd id="aup-category">$category</dd>
@@ -102,19 +106,8 @@ $action
 )
 
 NOTICE_TEMPLATE = string.Template(
-    """<!DOCTYPE html>
-<html lang="$lang">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>$title</title>
-<style>$style</style>
-</head>
-<body>
-<main>
-<h1>$title</h1>
-<p>Before you continue, read the notice below and acknowledge it.</p>
+    _HEAD
+    + """<p>Before you continue, read the notice below and acknowledge it.</p>
 <div class="notice" id="aup-notice">$paragraphs</div>
 <p>Notice version <span id="aup-notice-version">$version</span>.
 You asked for <span class="url" id="aup-url">$url</span>.</p>
@@ -177,9 +170,7 @@ class Pages:
     def render_notice(self, *, url: str, notice: str, version: str, action: str) -> str:
         """The monitoring-notice page with an "I acknowledge" button posting to `action`."""
         t = self.texts
-        paragraphs = "".join(
-            f"<p>{_e(p.strip())}</p>" for p in notice.split("\n\n") if p.strip()
-        )
+        paragraphs = "".join(f"<p>{_e(p.strip())}</p>" for p in notice.split("\n\n") if p.strip())
         return NOTICE_TEMPLATE.substitute(
             lang=_e(t.lang),
             title=_e(t.notice_title),

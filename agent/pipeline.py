@@ -7,9 +7,10 @@ addon and `aupguard classify` all call it; none of them holds policy logic.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -20,7 +21,7 @@ from agent.identity import Identity
 from agent.index import load_index, open_latest
 from agent.model import Action, Client, Decision, Request, Source
 from agent.policy import Policy
-from agent.records import Notice
+from agent.records import Notice, build_record
 
 log = structlog.get_logger("aupguard.pipeline")
 
@@ -101,6 +102,20 @@ class Engine:
             # and no URL below this host could be decided otherwise.
             decision = self._check_host_level(client, request, decision, now)
         return Evaluation(client, request, decision)
+
+    def record(
+        self,
+        ev: Evaluation,
+        now: float,
+        *,
+        event_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The decision record of `ev`, stamped with this revision's policy and notice."""
+        return build_record(
+            request=ev.request, client=ev.client, decision=ev.decision, now=now,
+            policy_rev=self.revision, notice=self.notice, event_id=event_id, extra=extra,
+        )  # fmt: skip
 
     def _check_host_level(
         self, client: Client, request: Request, decision: Decision, now: float
