@@ -18,6 +18,7 @@ restart is ready in milliseconds; a new build is written aside and swapped in at
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -290,9 +291,13 @@ def load_index(
     fp = fingerprint(sources, max_bad=max_bad, max_bad_abs=max_bad_abs)
     path = cache_dir / f"index-{fp[:24]}.aupidx"
     try:
-        return open_index(path)
+        index = open_index(path)
     except (OSError, ValueError):
         pass
+    else:
+        with contextlib.suppress(OSError):
+            os.utime(path)  # in use: the newest builds are the ones kept
+        return index
     cache_dir.mkdir(parents=True, exist_ok=True)
     with (cache_dir / ".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same index
@@ -301,10 +306,30 @@ def load_index(
         except (OSError, ValueError):
             build_index(sources, path, max_bad=max_bad, max_bad_abs=max_bad_abs)
             index = open_index(path)
-        for old in cache_dir.glob("index-*.aupidx"):
-            if old != path:
-                old.unlink(missing_ok=True)  # processes that mapped it keep their mapping
+        _prune(cache_dir, keep=path)
     return index
+
+
+KEEP_BUILDS = 4
+
+
+def _prune(cache_dir: Path, keep: Path) -> None:
+    """Delete all but the newest `KEEP_BUILDS` builds.
+
+    Another config sharing the cache dir (a what-if `aupguard classify --config`, a second
+    service) must not force a rebuild at the next restart. Processes that mapped a deleted
+    file keep their mapping.
+    """
+    builds = sorted(cache_dir.glob("index-*.aupidx"), key=_mtime, reverse=True)
+    for old in [b for b in builds if b != keep][KEEP_BUILDS - 1 :]:
+        old.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def open_latest(cache_dir: Path) -> CompiledIndex | None:

@@ -117,6 +117,14 @@ if args["mode"] == "index":
     clf.classify(*split_url("https://www.example.com/"))
     full = lambda u: clf.classify(*split_url(u))
     only = lambda hp: clf.classify(*hp)
+elif args["mode"] == "decide":  # the whole Engine.evaluate(): parse, identify, classify, decide
+    from agent.pipeline import Engine
+    engine = Engine.load(Path(args["config"]))
+    now = 1795957692.0  # a Monday 10:00 in New York: business-hours rules are in force
+    full = lambda u: engine.evaluate("10.20.1.5", u, now=now)
+    full("https://www.example.com/")
+    clf = engine.classifier
+    only = lambda hp: clf.classify(*hp)
 else:
     names = set()
     for path in args["files"]:
@@ -276,24 +284,49 @@ def bench_dataset(name: str, sources: list[ListSource], *, files: list[str], wor
     build_s = time.perf_counter() - t0
     src = [[s.category, str(s.path), str(s.format), s.label] for s in sources]
     size = sum(p.stat().st_size for p in cache.glob("index-*.aupidx"))
-    results: dict[str, list[dict]] = {"index": [], "set": []}
-    for _ in range(rounds):  # interleaved rounds: index, set, index, set ...
+    config = decide_config(work, sources, cache)
+    results: dict[str, list[dict]] = {"index": [], "decide": [], "set": []}
+    for _ in range(rounds):  # interleaved rounds: index, decide, set, index, decide, set ...
         results["index"].append(run_child("index", url_file, sources=src, cache=str(cache)))
+        results["decide"].append(run_child("decide", url_file, config=str(config)))
         results["set"].append(run_child("set", url_file, files=files))
     n = stats.domains
     print(f"lists: {sum(stats.entries.values()):,} entries, {n:,} distinct domains, "
           f"{stats.url_rules:,} URL rules, {sum(stats.bad_lines.values())} bad lines")  # fmt: skip
     print(f"index build: {build_s:.2f} s ({build_s / max(n, 1) * 1e6:.2f} us/domain); "
           f"file {size / 2**20:.1f} MiB = {size / max(n, 1):.1f} B/domain")  # fmt: skip
-    for kind in ("index", "set"):
+    for kind in ("index", "decide", "set"):
         show(kind, results[kind], n)
+
+
+def decide_config(work: Path, sources: list[ListSource], cache: Path) -> Path:
+    """A policy over these lists: every category blocked, with a schedule, groups, never-block."""
+    cats = sorted({s.category for s in sources})
+    lines = ["layer: bench", "policy:", "  timezone: America/New_York",
+             "  schedules:", "    business-hours: {days: [mon, tue, wed, thu, fri], "
+             "start: '08:00', end: '17:00'}",
+             "  groups:", "    staff: {networks: [10.0.0.0/8]}", "    hr: {user_groups: [hr]}",
+             "  never_block: [office365.com, aws.amazon.com, gov]", "  categories:"]  # fmt: skip
+    for cat in cats:
+        refs = ", ".join(f"{{path: '{s.path}', format: {s.format}}}" for s in sources
+                         if s.category == cat)  # fmt: skip
+        lines.append(f"    {cat}: {{clause: 'x', lists: [{refs}]}}")
+    lines += ["  rules:", f"    - {{id: all-day, categories: [{', '.join(cats)}], action: log}}",
+              f"    - {{id: work-hours, categories: [{', '.join(cats)}], action: block, "
+              "schedule: business-hours, groups: [staff]}",
+              "  exceptions:", "    - {id: hr, groups: [hr], hosts: [indeed.com], approved_by: CIO, "
+              "reference: R-1, expires: 2099-01-01}",
+              f"lists: {{cache_dir: '{cache}'}}", "records: {notice: {text: 'We monitor.'}}"]  # fmt: skip
+    path = work / "policy.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def show(kind: str, rounds: list[dict], n: int) -> None:
     def med(path: Callable[[dict], float]) -> float:
         return statistics.median(path(r) for r in rounds)
 
-    label = "marisa index" if kind == "index" else "Python set  "
+    label = {"index": "marisa index", "decide": "full decide ", "set": "Python set  "}[kind]
     ready = med(lambda r: r["ready_s"]) * 1000
     start = med(lambda r: r["start_to_ready_s"]) * 1000
     rss = med(lambda r: r["rss_ready"]["VmRSS"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from agent.classifier import Classifier
 from agent.errors import ListRejected
-from agent.index import build_index, load_index, open_index, open_latest
+from agent.index import KEEP_BUILDS, build_index, load_index, open_index, open_latest
 from tests.agent.test_classifier import make_index, write_lists
 
 # --- index file: cache, rebuild, swap --------------------------------------------------------
@@ -22,20 +23,38 @@ def test_load_index_reuses_cache_when_lists_unchanged(tmp_path: Path) -> None:
     second = load_index(sources, tmp_path / "cache")
     after = second.path.stat()
     assert second.path == first.path
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert after.st_ino == before.st_ino  # a rebuild would os.replace a new file
 
 
 def test_load_index_rebuilds_when_a_list_changes(tmp_path: Path) -> None:
-    """Changing a list builds a new index; the old one is removed but stays usable while mapped."""
+    """Changing a list builds a new index; old builds beyond the newest few are removed but
+    stay usable while mapped."""
     sources = write_lists(tmp_path / "lists", {"webmail": "x.com\n"})
     old = load_index(sources, tmp_path / "cache")
+    for n in range(KEEP_BUILDS - 1):
+        write_lists(tmp_path / "lists", {"webmail": f"v{n}.com\n"})
+        os.utime(old.path, (1, 1))  # the first build is the oldest
+        load_index(sources, tmp_path / "cache")
+    assert old.path.exists()
     write_lists(tmp_path / "lists", {"webmail": "y.com\nz.com\n"})
     new = load_index(sources, tmp_path / "cache")
     assert new.path != old.path
     assert not old.path.exists()
+    assert len(list((tmp_path / "cache").glob("index-*.aupidx"))) == KEEP_BUILDS
     assert [m.entry for m in Classifier(old).classify("x.com", None).matches] == ["x.com"]
     assert [m.entry for m in Classifier(new).classify("z.com", None).matches] == ["z.com"]
     assert Classifier(new).classify("x.com", None).matches == ()
+
+
+def test_two_configs_sharing_a_cache_do_not_rebuild_each_other(tmp_path: Path) -> None:
+    """A what-if run with another config leaves the gateway's build in place for its restart."""
+    gateway = write_lists(tmp_path / "a", {"webmail": "x.com\n"})
+    other = write_lists(tmp_path / "b", {"games": "y.com\n"})
+    first = load_index(gateway, tmp_path / "cache")
+    load_index(other, tmp_path / "cache")
+    again = load_index(gateway, tmp_path / "cache")
+    assert again.path == first.path
+    assert again.path.stat().st_ino == first.path.stat().st_ino  # reused, not rebuilt
 
 
 def test_rebuild_in_place_keeps_old_handle_working(tmp_path: Path) -> None:
