@@ -86,6 +86,7 @@ class Policy:
 
     __slots__ = (
         "_by_category",
+        "_uncategorized",
         "clauses",
         "default_action",
         "grants",
@@ -131,6 +132,12 @@ class Policy:
             _grant(e, layer.name, config) for layer in config.layers for e in layer.exceptions
         )
         self.url_grant_hosts = frozenset(h for g in self.grants for h, _ in g.urls)
+        label = self.default_action.label
+        self._uncategorized = Decision(  # most requests: built once, not per request
+            action=self.default_action, category=None, categories=(), rule="default",
+            layer=None, schedule=None, reason=f"{label}: no list matches; default action",
+            reason_label=f"{label}_uncategorized", classification=Classification("", None),
+        )  # fmt: skip
 
     def decide(self, client: Client, request: Request, cls: Classification, now: float) -> Decision:
         """The decision for one request; pure given the compiled policy."""
@@ -166,17 +173,16 @@ class Policy:
         )
 
     def _default(self, cls: Classification, categories: tuple[str, ...]) -> Decision:
+        if not cls.matches:
+            return self._uncategorized
         action = self.default_action
-        if not categories and cls.matches:
+        if categories:
+            reason = f"{action.label}: {', '.join(categories)} has no rule in force; default action"
+            label = f"{action.label}_default"
+        else:  # a never-block entry is the most specific match
             entry = cls.matches[0]
             reason = f"{action.label}: never-block entry {entry.entry!r} ({entry.source})"
             label = f"{action.label}_never_block"
-        elif categories:
-            reason = f"{action.label}: {', '.join(categories)} has no rule in force; default action"
-            label = f"{action.label}_default"
-        else:
-            reason = f"{action.label}: no list matches {cls.host}; default action"
-            label = f"{action.label}_uncategorized"
         return Decision(
             action=action,
             category=categories[0] if categories else None,

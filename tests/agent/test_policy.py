@@ -319,7 +319,7 @@ CASES = [
         Action.ALLOW,
         "default",
         None,
-        "no list matches example.org",
+        "no list matches; default action",
         id="uncategorized-default",
     ),
     pytest.param(
