@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	@py=$$(scripts/find-python) || exit 1; \
 	  if [ ! -x $(BIN)/python ] || ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then \
 	    rm -rf $(VENV); echo "creating $(VENV) with $$py"; $$py -m venv $(VENV) || exit 1; fi
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,fast]'
+	@echo "installing aupguard and its test tools into $(VENV)"
+	@set -o pipefail; $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,fast]' 2>&1 \
+	  | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	@rm -f $(VENV)/.stamp-*; touch $@
 
 run: $(STAMP)
