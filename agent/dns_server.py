@@ -34,17 +34,17 @@ from agent import dns_wire
 from agent.cli import command
 from agent.config import DnsRecords, DnsSection, IPNetwork, parse_network
 from agent.dns_cache import CacheKey, DnsCache, Verdicts
+from agent.dns_records import TRIP_INTERVAL, Recorder
 from agent.dns_wire import Answers, Question
 from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally
 from agent.model import Client, Decision, Request
-from agent.pipeline import Evaluation
 from agent.runtime import Runtime
 from agent.shipping import open_writer
+from agent.throttle import ClientRateLimiter
 from agent.upstream import UpstreamError, UpstreamPool, parse_addr, system_resolvers
 from agent.writer import RecordWriter
 
 MAX_INFLIGHT = 2048  # distinct questions waiting for upstreams (each holds a socket)
-TRIP_INTERVAL = 10.0  # seconds: refused / rate-limited clients are recorded once per interval
 _TASKS: set[asyncio.Task[Any]] = set()
 
 
@@ -97,99 +97,6 @@ class Lookup:
     udp: bool
 
 
-class Recorder:
-    """Decision records for DNS: which queries, the writer, and once-per-interval trips."""
-
-    def __init__(self, mode: DnsRecords, writer: RecordWriter | None, runtime: Runtime) -> None:
-        self.mode = mode
-        self.writer = writer if mode is not DnsRecords.OFF else None
-        self.runtime = runtime
-        self._trips: dict[tuple[str, str], list[float]] = {}  # (kind, ip) -> [pending, last]
-
-    def wants(self, decision: Decision | None) -> bool:
-        """Default: blocked/warned/logged queries; `all`: every query."""
-        if self.writer is None:
-            return False
-        return self.mode is DnsRecords.ALL or (decision is not None and decision.action > 0)
-
-    def emit(
-        self, client: Client, verdict: tuple[Request, Decision], now: float, extra: dict[str, Any]
-    ) -> None:
-        """Queue one record (never blocks; the writer counts drops)."""
-        if self.writer is None:
-            return
-        request, decision = verdict
-        record = self.runtime.engine.record(Evaluation(client, request, decision), now)
-        # Every key of `extra` starts with an ECS root (dns, event, network, error, aupguard),
-        # so a plain dotted-path set gives what `extra=` would, at a third of the cost.
-        for key, value in extra.items():
-            *parents, leaf = key.split(".")
-            target = record
-            for part in parents:
-                target = target.setdefault(part, {})
-            target[leaf] = value
-        self.writer.write(record)
-
-    def trip(self, kind: str, client: Client, name: str, now: float) -> None:
-        """Count a refused/rate-limited query; record the count at most once per interval."""
-        if self.writer is None:
-            return
-        state = self._trips.setdefault((kind, client.ip), [0.0, 0.0])
-        state[0] += 1
-        if now - state[1] >= TRIP_INTERVAL:
-            self._report(kind, client, name, int(state[0]), now)
-            state[0], state[1] = 0.0, now
-
-    def sweep(self, now: float) -> None:
-        """Report pending trip counts and forget idle clients (bounded state)."""
-        for (kind, ip), state in list(self._trips.items()):
-            if state[0]:
-                self._report(kind, Client(ip), "", int(state[0]), now)
-                state[0], state[1] = 0.0, now
-            elif now - state[1] >= TRIP_INTERVAL:
-                del self._trips[(kind, ip)]
-
-    def _report(self, kind: str, client: Client, name: str, count: int, now: float) -> None:
-        verdict = Verdicts.synthetic(name, kind)
-        self.emit(
-            client,
-            verdict,
-            now,
-            {
-                "aupguard.dns.count": count,
-                "aupguard.dns.outcome": kind,
-                "dns.response_code": "REFUSED",
-                "event.outcome": "failure",
-            },
-        )
-
-
-class RateLimiter:
-    """Token bucket per client address; `rate` queries per second, bursts of twice that."""
-
-    def __init__(self, rate: int, max_clients: int = 100_000) -> None:
-        self.rate = float(rate)
-        self.burst = 2.0 * rate
-        self.max_clients = max_clients
-        self._buckets: dict[str, list[float]] = {}
-
-    def allow(self, ip: str, now: float) -> bool:
-        """Take one token for `ip`; False when its bucket is empty."""
-        bucket = self._buckets.get(ip)
-        if bucket is None:
-            if len(self._buckets) >= self.max_clients:
-                self._buckets.clear()
-            self._buckets[ip] = [self.burst - 1, now]
-            return True
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if tokens < 1:
-            bucket[0] = tokens
-            return False
-        bucket[0] = tokens - 1
-        return True
-
-
 class DnsFilter:
     """The transport-independent core: `answer()` now, or a `Lookup` for `lookup()`."""
 
@@ -203,7 +110,7 @@ class DnsFilter:
             section.cache_size, section.cache_min_ttl, section.cache_max_ttl, section.negative_ttl
         )
         self.pool = UpstreamPool(list(settings.upstreams), section.upstream_timeout)
-        self.limiter = RateLimiter(section.rate_limit) if section.rate_limit > 0 else None
+        self.limiter = ClientRateLimiter(section.rate_limit) if section.rate_limit > 0 else None
         self.tally = Tally()
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[CacheKey, asyncio.Future[tuple[bytes, tuple[bytes, ...], str]]] = {}

@@ -134,3 +134,33 @@ class Throttle:
             )
             for key, c in self._transfers.items()
         }
+
+
+class ClientRateLimiter:
+    """A token bucket per client address (DNS queries): `rate` per second, bursts of twice that.
+
+    Lists instead of TokenBucket objects: it runs for every query. Bounded: the table is
+    emptied when it holds `max_clients` addresses.
+    """
+
+    def __init__(self, rate: int, max_clients: int = 100_000) -> None:
+        self.rate = float(rate)
+        self.burst = 2.0 * rate
+        self.max_clients = max_clients
+        self._buckets: dict[str, list[float]] = {}
+
+    def allow(self, ip: str, now: float) -> bool:
+        """Take one token for `ip`; False when its bucket is empty."""
+        bucket = self._buckets.get(ip)
+        if bucket is None:
+            if len(self._buckets) >= self.max_clients:
+                self._buckets.clear()
+            self._buckets[ip] = [self.burst - 1, now]
+            return True
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1
+        return True

@@ -11,7 +11,8 @@ import pytest
 from dnslib import DNSRecord
 
 from agent.config import DnsRecords, DnsSection
-from agent.dns_server import DnsFilter, Lookup, RateLimiter, Recorder, make_settings
+from agent.dns_records import Recorder
+from agent.dns_server import DnsFilter, Lookup, make_settings
 from agent.runtime import Runtime
 
 POLICY = """\
@@ -87,14 +88,6 @@ def test_make_settings_falls_back_to_resolv_conf(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 192.0.2.53\n")
     assert make_settings(DnsSection(), args(), resolv_conf=conf).upstreams == (("192.0.2.53", 53),)
-
-
-def test_rate_limiter_refills() -> None:
-    """A client gets `2 x rate` in a burst, then `rate` per second."""
-    limiter = RateLimiter(5)
-    assert sum(limiter.allow("10.0.0.1", 100.0) for _ in range(20)) == 10
-    assert sum(limiter.allow("10.0.0.1", 101.0) for _ in range(20)) == 5
-    assert limiter.allow("10.0.0.2", 101.0)
 
 
 class ListWriter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.throttle import ByteWindow, Throttle, ThrottleSpec, TokenBucket
+from agent.throttle import ByteWindow, ClientRateLimiter, Throttle, ThrottleSpec, TokenBucket
 
 
 class Clock:
@@ -95,3 +95,11 @@ def test_fair_shares():
     assert t.rates() == {"f1": 375, "f2": 375, "f3": 375, "f4": 375}
     assert t.finish("f1")
     assert not t.finish("f1")
+
+
+def test_rate_limiter_refills() -> None:
+    """A client gets `2 x rate` in a burst, then `rate` per second."""
+    limiter = ClientRateLimiter(5)
+    assert sum(limiter.allow("10.0.0.1", 100.0) for _ in range(20)) == 10
+    assert sum(limiter.allow("10.0.0.1", 101.0) for _ in range(20)) == 5
+    assert limiter.allow("10.0.0.2", 101.0)
