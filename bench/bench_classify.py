@@ -285,6 +285,7 @@ def bench_dataset(name: str, sources: list[ListSource], *, files: list[str], wor
     src = [[s.category, str(s.path), str(s.format), s.label] for s in sources]
     size = sum(p.stat().st_size for p in cache.glob("index-*.aupidx"))
     config = decide_config(work, sources, cache)
+    run_child("decide", url_file, config=str(config))  # builds its index: rounds then restart
     results: dict[str, list[dict]] = {"index": [], "decide": [], "set": []}
     for _ in range(rounds):  # interleaved rounds: index, decide, set, index, decide, set ...
         results["index"].append(run_child("index", url_file, sources=src, cache=str(cache)))
