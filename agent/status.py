@@ -12,9 +12,12 @@ import datetime as dt
 import json
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.cli import command
 from agent.config import display_path, load_config
@@ -50,6 +53,7 @@ class Status:
     lists: list[ListStatus]
     expiring: list[str]
     holiday_years: list[int]
+    spool_depth: float | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -118,11 +122,29 @@ def collect(config: Config, now: float, state: dict[str, Any] | None) -> Status:
             status.warnings.append(f"list {item.source}: missing")
         elif item.age_days is not None and item.age_days > STALE_LIST_DAYS:
             status.warnings.append(f"list {item.source}: not updated for {item.age_days:.0f} days")
+    if state is not None and config.metrics.listen:
+        status.spool_depth = spool_depth(config.metrics.listen)
+    if status.spool_depth:
+        status.warnings.append(f"{status.spool_depth:.0f} records wait in the syslog spool")
     if state is None:
         status.warnings.append(f"not running (no live state file in {runtime_dir()})")
     elif state.get("revision") != config.revision:
         status.warnings.append("the running policy differs from the config on disk: reload")
     return status
+
+
+def spool_depth(listen: str) -> float | None:
+    """Records waiting in the services' syslog spools, read from our own metrics endpoint."""
+    url = f"http://{listen}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            text = reply.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    for family in text_string_to_metric_families(text):
+        if family.name == "aupguard_records_spool_depth":
+            return sum(sample.value for sample in family.samples)
+    return 0.0
 
 
 def render(status: Status) -> str:
@@ -145,6 +167,8 @@ def render(status: Status) -> str:
             )
     else:
         out.append("running  no")
+    if status.spool_depth is not None:
+        out.append(f"spool    {status.spool_depth:.0f} records waiting for the collector")
     out.append(f"holidays {', '.join(map(str, status.holiday_years)) or 'none'}")
     for item in status.lists:
         entries = "missing" if item.entries is None else f"{item.entries} entries"

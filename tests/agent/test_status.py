@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from agent import status
 from agent.config import load_config
@@ -123,3 +124,18 @@ def test_render_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert status.cmd_status(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["policy_revision"].startswith("sha256:")
+
+
+def test_spool_depth_read_from_the_metrics_endpoint() -> None:
+    """status reads the records waiting in the syslog spool from the loopback metrics endpoint."""
+    registry = CollectorRegistry()
+    Gauge("aupguard_records_spool_depth", "test", registry=registry).set(42)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        port = server.server_address[1]
+        assert status.spool_depth(f"127.0.0.1:{port}") == 42
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert status.spool_depth(f"127.0.0.1:{port}") is None  # nothing listens any more
