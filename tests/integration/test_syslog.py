@@ -48,15 +48,21 @@ def free_port() -> int:
 class Rsyslog:
     """A private rsyslogd: imtcp on a loopback port, every message's MSG to one file."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.tmp, self.port = tmp, free_port()
         self.out = tmp / "received.log"
         (tmp / "work").mkdir()
         self.conf = tmp / "rsyslog.conf"
+        driver, stream = "", ""
+        if tls is not None:  # RFC 5425: the gtls driver (Debian rsyslog-gnutls)
+            ca, cert, key = tls
+            driver = (f' DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{ca}"'
+                      f' DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}"')  # fmt: skip
+            stream = ' StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon"'
         self.conf.write_text(f"""
-global(workDirectory="{tmp / "work"}" maxMessageSize="64k")
+global(workDirectory="{tmp / "work"}" maxMessageSize="64k"{driver})
 main_queue(queue.type="Direct")
-module(load="imtcp")
+module(load="imtcp"{stream})
 template(name="msgonly" type="string" string="%msg%\\n")
 ruleset(name="records") {{
   action(type="omfile" file="{self.out}" template="msgonly" flushOnTXEnd="on" asyncWriting="off")
@@ -294,6 +300,29 @@ def make_ca(tmp: Path) -> tuple[Path, Path, Path]:
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return paths
+
+
+GTLS = Path("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so")
+
+
+@needs_rsyslog
+@pytest.mark.skipif(
+    not GTLS.exists(),
+    reason="LOUD SKIP: rsyslog's TLS driver is missing (apt-get install rsyslog-gnutls); "
+    "delivery to a real rsyslog over TLS was not tested",
+)
+def test_records_arrive_at_a_real_rsyslog_over_tls(tmp_path: Path) -> None:
+    """RFC 5425: a real rsyslog with the gtls driver receives every record in order."""
+    server = Rsyslog(tmp_path, tls=make_ca(tmp_path))
+    server.start()
+    try:
+        sink = sink_to(server.port, tmp_path, tls=tls_context(tmp_path / "ca.pem"),
+                       server_name="collector.test")  # fmt: skip
+        sink.write_lines([json.dumps(record(i)) for i in range(500)])
+        sink.close()
+        assert [r["n"] for r in server.records(500)] == list(range(500))
+    finally:
+        server.stop()
 
 
 def test_tls_delivery_verifies_the_collector(tmp_path: Path) -> None:
