@@ -23,10 +23,12 @@ from mitmproxy.proxy import server_hooks
 if str(Path(__file__).resolve().parent.parent) not in sys.path:  # `mitmdump -s addons/enforce.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent import cert_errors, streamed
 from agent.config import NoticeConfig
 from agent.enforcement import (
     CONTINUE_PATH,
     MARK_KEY,
+    SECURITY_HEADERS,
     Enforcer,
     EnforcerSettings,
 )
@@ -71,7 +73,8 @@ class Enforce:
             if strategy != "lazy":
                 raise _refuse(
                     "connection_strategy: 'eager' silently passes connections refused at the "
-                    "SNI (no-decrypt hosts that are blocked): set connection_strategy=lazy"
+                    "SNI (no-decrypt hosts that are blocked, proxy.no_sni: refuse): "
+                    "set connection_strategy=lazy"
                 )
 
     def _refuse_weakening(self) -> None:
@@ -88,8 +91,12 @@ class Enforce:
             settings = EnforcerSettings.from_config(engine.config)
         except (AupguardError, OSError, ValueError) as e:
             raise _refuse(f"aup_policy: {value!r}: {e}") from e
-        self.runtime = Runtime(path, engine=engine)
-        self.enforcer = Enforcer(self.runtime, settings, self._write, _proxyserver)
+        runtime = self.runtime = Runtime(path, engine=engine)
+        self.enforcer = Enforcer(runtime, settings, self._write, _proxyserver)
+        pages = cert_errors.CertErrorPages(
+            self.enforcer.pages, lambda: runtime.engine, self._write, SECURITY_HEADERS
+        )
+        cert_errors.install(pages)  # upstream certificate failures get aupguard's 502 page
 
     def _open_records(self, value: str) -> None:
         """The configured sinks (`records:` in the policy) plus `aup_records` as JSON lines."""
@@ -138,9 +145,17 @@ class Enforce:
             data.server.error = "refused by policy at the TLS server name"
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """Unpace the connection if its previous response was paced."""
-        if self.enforcer is not None:
-            self.enforcer.on_request_start(flow)
+        """Unpace the connection; decide now on a body mitmproxy streams (before it goes out)."""
+        if self.enforcer is None:
+            return
+        self.enforcer.on_request_start(flow)
+        if flow.request.stream and flow.response is None:
+            # a streamed body goes upstream before the `request` hook: decide on the headers
+            self.request(flow)
+            if flow.response is not None:  # blocked or warned (recorded): no page can follow
+                streamed.refuse(flow, _proxyserver(), _running_loop())
+            else:
+                self.enforcer.on_upload(flow, time.time())  # large uploads are paced too
 
     def client_disconnected(self, client: connection.Client) -> None:
         """Drop per-connection state."""
@@ -190,6 +205,16 @@ class Enforce:
 def _proxyserver() -> Any:
     """Mitmproxy's proxyserver addon (agent.pacing reaches its connections)."""
     return ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
+
+
+def _running_loop() -> Any:
+    """The event loop mitmproxy runs on (None outside it, e.g. in unit tests)."""
+    import asyncio  # noqa: PLC0415
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _refuse(message: str) -> exceptions.OptionsError:

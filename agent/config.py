@@ -179,6 +179,13 @@ class DnsRecords(enum.StrEnum):
     OFF = "off"
 
 
+class NoSni(enum.StrEnum):
+    """A TLS ClientHello without SNI: intercepted (decided per request) or refused."""
+
+    INTERCEPT = "intercept"
+    REFUSE = "refuse"
+
+
 class ProxyMode(enum.StrEnum):
     """Explicit (clients configured with the proxy) or transparent (nftables redirect)."""
 
@@ -231,6 +238,7 @@ class ProxySection:
     upstream_ca_file: Path | None = None  # PEM CAs for origins (default: certifi's bundle)
     no_decrypt_categories: tuple[str, ...] = ()
     no_decrypt_hosts: tuple[str, ...] = ()
+    no_sni: NoSni = NoSni.INTERCEPT  # a ClientHello without SNI (agent.tls_policy)
     record_allowed: bool = False  # also record plain allow decisions (volume!)
     warn_minutes: int = 30  # how long "Continue" on a warn page allows that category
     token_secret_file: Path | None = None  # shared by every worker; created 0600 if missing

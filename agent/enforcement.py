@@ -19,7 +19,7 @@ from urllib.parse import quote
 from mitmproxy import http, tls
 
 from agent.acknowledge import Acknowledgments
-from agent.config import Config
+from agent.config import Config, NoSni
 from agent.metrics import DECISIONS, HTTP_REQUESTS, THROTTLED_BYTES, Tally
 from agent.model import Action, Source
 from agent.pages import PageFacts, Pages, PageTexts, short_body, wants_html
@@ -35,13 +35,14 @@ from agent.shared_state import (
     worker_count,
 )
 from agent.throttle import Throttle, ThrottleSpec
+from agent.tls_policy import no_sni_record, refuses_without_sni
 from agent.tokens import Grant, TokenError, TokenSigner, load_secret
 from agent.usermap import UserMap
 
 CONTINUE_PATH = "/.aupguard/continue"
 MARK_KEY = "aup_decision"
 TOKEN_TTL = 600.0
-_SECURITY_HEADERS = {
+SECURITY_HEADERS = {
     "cache-control": "no-store",
     "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
     "x-content-type-options": "nosniff",
@@ -69,11 +70,13 @@ class EnforcerSettings:
     acknowledge_days: int | None  # None: no acknowledgment of the notice asked
     worker: str | None = None  # this worker's pid when several share the port (X-Aupguard-Worker)
     workers: int = 1  # proxy processes sharing the port (throttle pools are host-wide)
+    no_sni: NoSni = NoSni.INTERCEPT  # a ClientHello without SNI (agent.tls_policy)
 
     @property
     def refuses_at_sni(self) -> bool:
         """True when some connections may be refused at the SNI (needs lazy connections)."""
-        return bool(self.no_decrypt_hosts or self.no_decrypt_categories)
+        refuse = self.no_sni is NoSni.REFUSE
+        return bool(self.no_decrypt_hosts or self.no_decrypt_categories or refuse)
 
     @classmethod
     def from_config(cls, config: Config) -> EnforcerSettings:
@@ -109,6 +112,7 @@ class EnforcerSettings:
             acknowledge_days=p.acknowledge.period_days if p.acknowledge.enabled else None,
             worker=str(os.getpid()) if worker_count() > 1 else None,
             workers=worker_count(),
+            no_sni=NoSni(p.no_sni),
         )
 
 
@@ -250,7 +254,7 @@ class Enforcer:
         except ValueError:
             # fail closed: a target the engine cannot read must not bypass the policy
             body = b"aupguard: the request names no valid host\n"
-            headers = {"content-type": "text/plain; charset=utf-8", **_SECURITY_HEADERS}
+            headers = {"content-type": "text/plain; charset=utf-8", **SECURITY_HEADERS}
             flow.response = http.Response.make(400, body, headers)
             return "unparsable"
         d = ev.decision
@@ -300,7 +304,7 @@ class Enforcer:
             grant = self.signer.verify(raw, subject=subject, host=host, now=now)
         except TokenError as e:
             body, ctype = f"invalid continue link: {e}\n".encode(), "text/plain; charset=utf-8"
-            return http.Response.make(403, body, {"content-type": ctype, **_SECURITY_HEADERS})
+            return http.Response.make(403, body, {"content-type": ctype, **SECURITY_HEADERS})
         until = now + self.settings.warn_seconds
         durable = self.state.grant(grant.subject, f"continue:{grant.category}", until)
         after_commit(durable, flow.intercept, flow.resume)  # valid on every worker on redirect
@@ -360,7 +364,7 @@ class Enforcer:
             notice=engine.notice.text,
             continue_href=href,
         )
-        headers = {**_SECURITY_HEADERS, "x-aupguard-reference": reference}
+        headers = {**SECURITY_HEADERS, "x-aupguard-reference": reference}
         if wants_html(flow.request.headers):
             body = self.pages.render(kind, facts).encode()
             ctype = "text/html; charset=utf-8"
@@ -379,10 +383,19 @@ class Enforcer:
 
     def on_client_hello(self, data: tls.ClientHelloData, modes: Iterable[str]) -> None:
         """Pass no-decrypt hosts through when the SNI is where the connection goes."""
-        sni = host_of(data.client_hello.sni)
-        if sni is None or not self.settings.refuses_at_sni:
+        sni, client = host_of(data.client_hello.sni), data.context.client
+        if refuses_without_sni(self.settings.no_sni, sni):
+            data.ignore_connection = True  # not decrypted: server_connect refuses it
+            self._refuse(client.id)
+            if (
+                record := no_sni_record(self.runtime.engine, data.context, time.time())
+            ) is not None:
+                self.emit(record)
             return
-        client = data.context.client
+        if sni is None or not (
+            self.settings.no_decrypt_hosts or self.settings.no_decrypt_categories
+        ):
+            return
         try:
             ev = self.runtime.engine.evaluate(
                 client.peername[0], sni, source=Source.TLS, host_only=True
@@ -397,11 +410,14 @@ class Enforcer:
             return  # not provably where the connection goes: intercept and decide per request
         data.ignore_connection = True
         if ev.decision.action is Action.BLOCK:
-            self._refused[client.id] = None
-            while len(self._refused) > 10_000:
-                self._refused.popitem(last=False)
+            self._refuse(client.id)
         if ev.decision.action is not Action.ALLOW or self.settings.record_allowed:
             self._record(ev, time.time(), extra={"aupguard.passthrough": True})
+
+    def _refuse(self, client_id: str) -> None:
+        self._refused[client_id] = None
+        while len(self._refused) > 10_000:
+            self._refused.popitem(last=False)
 
     def refused(self, client_id: str) -> bool:
         """True (once) for a client connection refused at the SNI."""
@@ -430,6 +446,11 @@ class Enforcer:
                     "aupguard.throttled_bytes": paced["bytes"],
                 }
                 self._record_url(flow, flow.request.pretty_url, self.user_of(flow), now, extra)
+
+    def on_upload(self, flow: http.HTTPFlow, now: float) -> None:
+        """Pace a large streamed upload in the throttle schedule (decided, not refused)."""
+        if self.shaper is not None and flow.metadata.get(MARK_KEY) not in {"block", "warn"}:
+            self.shaper.on_request_headers(flow, flow.metadata.get("aup_groups", ()), now)
 
     def on_request_start(self, flow: http.HTTPFlow) -> None:
         """A new request on a connection: its previous paced response has been delivered."""

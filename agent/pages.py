@@ -207,7 +207,10 @@ def short_body(kind: str, facts: PageFacts, headers: Mapping[str, str]) -> tuple
     }
     if facts.continue_href:
         doc["continue"] = facts.continue_href
+    if facts.detail:
+        doc["reason"] = facts.detail
     if "json" in headers.get("accept", "").lower() or "*/*" in headers.get("accept", "*/*"):
         return json.dumps(doc).encode(), "application/json"
-    text = f"{doc['error']}: {facts.category or 'uncategorised'} (reference {facts.reference})\n"
+    what = facts.detail or facts.category or "uncategorised"
+    text = f"{doc['error']}: {what} (reference {facts.reference})\n"
     return text.encode(), "text/plain; charset=utf-8"

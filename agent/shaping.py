@@ -33,6 +33,7 @@ class Transfer:
     client: str
     started: float
     paced_bytes: int = 0
+    upload: bool = False  # paces the server socket (the request body) instead of the client's
 
 
 class Shaper:
@@ -60,6 +61,39 @@ class Shaper:
             self._start(flow, client, now)
         if flow.id in self._paced or size is None or size > STREAM_ABOVE:
             resp.stream = self._counter(flow, client)
+
+    def on_request_headers(self, flow: http.HTTPFlow, groups: Iterable[str], now: float) -> None:
+        """Pace a large upload (request Content-Length over the threshold) on the server socket.
+
+        Only streamed bodies (mitmproxy streams those over `stream_large_bodies`): the server
+        connection is known at the first chunk, where the rate is applied.
+        """
+        size = _content_length(flow.request)
+        if not flow.request.stream or size is None or size <= self.throttle.spec.threshold:
+            return
+        client = flow.client_conn.peername[0]
+        if self.throttle.exempt(flow.request.pretty_host, groups):
+            return
+        if not self.throttle.should_pace(client, size, now):
+            return
+        key = _upload_key(flow)
+        self._paced[key] = Transfer(flow, client, now, upload=True)
+        self.throttle.start(key, client)
+        self._sync(now)
+        applied = False
+
+        def count(chunk: bytes) -> bytes:
+            nonlocal applied
+            transfer = self._paced.get(key)
+            if transfer is not None:
+                transfer.paced_bytes += len(chunk)
+                if not applied:  # the server connection exists from the first chunk on
+                    applied = True
+                    self._rebalance()
+            self.throttle.window.add(client, len(chunk), time.time())
+            return chunk
+
+        flow.request.stream = count
 
     def _counter(self, flow: http.HTTPFlow, client: str) -> Callable[[bytes], bytes]:
         def count(chunk: bytes) -> bytes:
@@ -92,9 +126,11 @@ class Shaper:
             if transfer is None:
                 continue
             conn = transfer.flow.client_conn
-            sock = pacing.connection_socket(server, conn, conn)
+            target = transfer.flow.server_conn if transfer.upload else conn
+            sock = pacing.connection_socket(server, conn, target)
             if sock is None:
-                log.warning("pacing_unavailable", flow=transfer.flow.id, reason="socket gone")
+                if not transfer.upload:  # an upload's server socket may not be open yet
+                    log.warning("pacing_unavailable", flow=transfer.flow.id, reason="socket gone")
                 continue
             pacing.set_rate(sock, rate)
 
@@ -105,7 +141,10 @@ class Shaper:
         transport, not when the client has it. `release` resets it at the connection's next
         request (keep-alive reuses sockets) or its end.
         """
+        upload = self._finish_upload(flow, now)
         transfer = self._paced.pop(flow.id, None)
+        if transfer is None and upload is not None:
+            return upload
         if transfer is None:
             resp = flow.response
             if resp is not None and not resp.stream and resp.raw_content:
@@ -125,6 +164,31 @@ class Shaper:
         log.info(
             "throttled_transfer", client=transfer.client, host=flow.request.pretty_host, **summary
         )
+        return summary
+
+    def _finish_upload(self, flow: http.HTTPFlow, now: float) -> dict[str, Any] | None:
+        """End a paced upload: unpace its server socket (reused by later requests), log it."""
+        key = _upload_key(flow)
+        transfer = self._paced.pop(key, None)
+        if transfer is None:
+            return None
+        rate = self.throttle.rates().get(key, 1)
+        self.throttle.finish(key)
+        sock = pacing.connection_socket(self._proxyserver(), flow.client_conn, flow.server_conn)
+        if sock is not None:
+            pacing.set_rate(sock, None)
+        self._sync(now)
+        self._rebalance()
+        took = max(now - transfer.started, transfer.paced_bytes / rate, 1e-3)
+        summary = {
+            "bytes": transfer.paced_bytes,
+            "duration_s": round(took, 3),
+            "avg_rate": round(transfer.paced_bytes / took),
+        }
+        log.info(
+            "throttled_transfer",
+            client=transfer.client, host=flow.request.pretty_host, direction="upload", **summary,
+        )  # fmt: skip
         return summary
 
     def rates(self) -> dict[object, int]:
@@ -169,8 +233,12 @@ class Shaper:
         self._draining.pop(client.id, None)
 
 
-def _content_length(resp: http.Response) -> int | None:
+def _upload_key(flow: http.HTTPFlow) -> str:
+    return f"{flow.id}/upload"
+
+
+def _content_length(message: http.Message) -> int | None:
     try:
-        return int(resp.headers["content-length"])
+        return int(message.headers["content-length"])
     except (KeyError, ValueError):
         return None

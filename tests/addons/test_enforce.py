@@ -436,3 +436,30 @@ def test_tls_clienthello(addon_ctx, sni, authority, ip, ignored, refused):
     conn.server.error = None
     addon.server_connect(conn)
     assert (conn.server.error is not None) is refused
+
+
+@pytest.mark.parametrize(
+    ("url", "stream", "killed", "actions"),
+    [
+        pytest.param("http://casino.test/up", True, True, ["block"], id="streamed-blocked-killed"),
+        pytest.param("http://games.test/up", True, True, ["warn"], id="streamed-warned-killed"),
+        pytest.param("http://social.test/up", True, False, ["log"], id="streamed-logged-passes"),
+        pytest.param("http://casino.test/up", False, False, [], id="buffered-decided-later"),
+    ],
+)
+def test_streamed_upload_decided_on_headers(addon_ctx, url, stream, killed, actions):
+    """A body mitmproxy streams is decided at requestheaders, before any of it goes upstream."""
+    addon, _ = addon_ctx
+    flow = make_flow(url)
+    flow.request.method = "POST"
+    flow.request.stream = stream
+    flow.live = True
+    addon.requestheaders(flow)
+    assert flow.response is None
+    assert (flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE) is killed
+    assert [r["event"]["action"] for r in addon.writer.records] == actions
+    if not stream:  # the ordinary `request` hook decides it; nothing is decided twice
+        addon.request(flow)
+        assert flow.response is not None
+        assert flow.response.status_code == 403
+        assert len(addon.writer.records) == 1

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
+
+import pytest
 
 with warnings.catch_warnings():  # pyparsing deprecations inside mitmproxy's imports
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -86,3 +89,43 @@ def test_window_kicks_in_mid_stream():
     assert sock.rates == []
     f.response.stream(b"x" * 150_000)
     assert sock.rates == [int(500 * pacing.COMPENSATION)]
+
+
+def setup_upload(size, *, stream=True, active=True):
+    server, client_sock, server_sock = Server(), Sock(), Sock()
+    spec = replace(SPEC, exempt_groups=frozenset({"backup"}))
+    shaper = Shaper(Throttle(spec, lambda _n: active), lambda: server)
+    f = tflow.tflow()
+    f.request.method = "POST"
+    f.request.headers["content-length"] = str(size)
+    f.request.stream = stream
+    handler = Handler(f.client_conn, client_sock)
+    handler.transports[f.server_conn] = IO(server_sock)
+    server.connections[f.client_conn.id] = handler
+    return shaper, f, client_sock, server_sock
+
+
+@pytest.mark.parametrize(
+    ("size", "stream", "active", "groups", "paced"),
+    [
+        pytest.param(500_000, True, True, (), True, id="large-streamed-upload-paced"),
+        pytest.param(50_000, True, True, (), False, id="below-threshold"),
+        pytest.param(500_000, False, True, (), False, id="buffered-body"),
+        pytest.param(500_000, True, False, (), False, id="outside-schedule"),
+        pytest.param(500_000, True, True, ("backup",), False, id="exempt-group"),
+    ],
+)
+def test_upload_paced_on_server_socket(size, stream, active, groups, paced):
+    """A large streamed upload in the schedule paces the server socket, unpaced when done."""
+    shaper, f, client_sock, server_sock = setup_upload(size, stream=stream, active=active)
+    shaper.on_request_headers(f, groups, 10.0)
+    assert callable(f.request.stream) is paced
+    if paced:
+        assert f.request.stream(b"x" * 1000) == b"x" * 1000
+    assert server_sock.rates == ([int(500 * pacing.COMPENSATION)] if paced else [])
+    assert client_sock.rates == []  # the download side is untouched
+    summary = shaper.on_done(f, 12.0)
+    assert (summary is not None) is paced
+    if paced:
+        assert summary["bytes"] == 1000
+        assert server_sock.rates[-1] == pacing.UNLIMITED  # the server socket may be reused

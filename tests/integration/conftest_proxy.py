@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from cryptography import x509
@@ -159,6 +160,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    uploads: ClassVar[list[tuple[str, int]]] = []  # (path, bytes) of every POST received
+
+    def do_POST(self) -> None:
+        size = int(self.headers.get("content-length") or 0)
+        received = 0
+        while received < size:  # bounded by the declared length
+            chunk = self.rfile.read(min(65536, size - received))
+            if not chunk:
+                break
+            received += len(chunk)
+        Handler.uploads.append((self.path, received))
+        body = f"origin-post:{received}".encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args) -> None:
         pass
 
@@ -218,7 +237,7 @@ class Proxy:
 
 
 def write_lists(d: Path) -> None:
-    (d / "gambling.txt").write_text("casino.test\n")
+    (d / "gambling.txt").write_text("casino.test\nlocalhost/forbidden\n")
     (d / "games.txt").write_text("localhost/games\n")
     (d / "social.txt").write_text("localhost/social\n")
 
@@ -310,5 +329,13 @@ THROTTLE = f"""\
 def proxy_throttled(tmp_path_factory, proxy_pki, proxy_origins) -> Iterator[Proxy]:
     """A real mitmdump whose policy throttles transfers above 1 MB to 2 MB/s, all week."""
     proxy = start_mitmdump(tmp_path_factory.mktemp("throttled"), proxy_pki, THROTTLE)
+    yield proxy
+    stop(proxy)
+
+
+@pytest.fixture(scope="module")
+def proxy_no_sni_refused(tmp_path_factory, proxy_pki, proxy_origins) -> Iterator[Proxy]:
+    """A real mitmdump whose policy refuses TLS ClientHellos without SNI (`no_sni: refuse`)."""
+    proxy = start_mitmdump(tmp_path_factory.mktemp("nosni"), proxy_pki, "  no_sni: refuse\n")
     yield proxy
     stop(proxy)

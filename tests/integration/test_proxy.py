@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from urllib.parse import urljoin
 
 import httpx
@@ -11,7 +12,9 @@ import pytest
 
 from tests.integration.conftest_proxy import (  # noqa: F401  (fixtures)
     THROTTLE_RATE,
+    Handler,
     proxy_mitmdump,
+    proxy_no_sni_refused,
     proxy_origins,
     proxy_pki,
     proxy_throttled,
@@ -87,7 +90,8 @@ def test_sighup_reloads_policy(proxy_mitmdump, proxy_origins):
     import time  # noqa: PLC0415
 
     lists = proxy_mitmdump.records.parent / "gambling.txt"
-    lists.write_text("casino.test\n127.0.0.1\n")
+    original = lists.read_text()
+    lists.write_text(original + "127.0.0.1\n")
     proxy_mitmdump.proc.send_signal(signal.SIGHUP)
     url = f"http://127.0.0.1:{proxy_origins.http}/after-reload"
     status = 0
@@ -97,7 +101,7 @@ def test_sighup_reloads_policy(proxy_mitmdump, proxy_origins):
             if status == 403:
                 break
             time.sleep(0.1)
-    lists.write_text("casino.test\n")
+    lists.write_text(original)
     proxy_mitmdump.proc.send_signal(signal.SIGHUP)
     assert status == 403
     with client(proxy_mitmdump) as c:
@@ -164,13 +168,104 @@ def test_no_decrypt_passthrough(proxy_mitmdump, proxy_origins, proxy_pki):
         assert c.get(f"https://localhost:{proxy_origins.https}/bank").text == "origin:/bank"
 
 
-def test_invalid_upstream_cert_never_reaches_user(proxy_mitmdump, proxy_origins):
-    """An origin with an untrusted certificate gives an error, never its content re-signed."""
+def _wait_record(proxy, match) -> dict:
+    """The first record `match` accepts, polled for at most 5 s (the writer is asynchronous)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = next((x for x in proxy.read_records(1, timeout=0.2) if match(x)), None)
+        if found is not None:
+            return found
+        time.sleep(0.05)
+    return {"event": {}}
+
+
+@pytest.mark.parametrize(
+    ("headers", "ctype"),
+    [
+        pytest.param(NAV, "text/html", id="navigation-page"),
+        pytest.param({"accept": "application/json"}, "application/json", id="api-json"),
+    ],
+)
+def test_invalid_upstream_cert_never_reaches_user(proxy_mitmdump, proxy_origins, headers, ctype):
+    """An untrusted origin certificate gives aupguard's 502 page and an error record, never content."""
     with client(proxy_mitmdump, mitm_trust(proxy_mitmdump)) as c:
-        r = c.get(f"https://127.0.0.1:{proxy_origins.bad_https}/secret")
+        r = c.get(f"https://127.0.0.1:{proxy_origins.bad_https}/secret", headers=headers)
     assert r.status_code == 502
+    assert r.headers["content-type"].startswith(ctype)
     assert "origin:" not in r.text
-    assert "certificate" in r.text.lower()
+    assert "certificate is not trusted" in r.text
+    ref = r.headers["x-aupguard-reference"]
+    if ctype == "text/html":
+        assert "This site could not be reached safely" in r.text
+        assert ref in r.text
+        assert "127.0.0.1" in r.text
+    rec = _wait_record(proxy_mitmdump, lambda x: x["event"]["id"] == ref)
+    assert rec["event"]["action"] == "error"
+    assert rec["event"]["outcome"] == "failure"
+    assert "self-signed" in rec["error"]["message"]
+
+
+def _tls_without_sni(proxy, port: int) -> str:
+    """CONNECT to 127.0.0.1:port, then a TLS handshake without SNI; the first response line."""
+    import socket  # noqa: PLC0415
+
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    try:
+        raw.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        tls_ctx = mitm_trust(proxy)
+        tls_ctx.check_hostname = False  # no name to check: the point is sending no SNI
+        with tls_ctx.wrap_socket(raw, server_hostname=None) as tls_sock:
+            tls_sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            return tls_sock.recv(4096).split(b"\r\n", 1)[0].decode()
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "refused"),
+    [
+        pytest.param("proxy_mitmdump", False, id="intercept-default"),
+        pytest.param("proxy_no_sni_refused", True, id="refuse"),
+    ],
+)
+def test_no_sni(request, proxy_origins, fixture, refused):
+    """A ClientHello without SNI is intercepted by default, refused at the hello with `refuse`."""
+    proxy = request.getfixturevalue(fixture)
+    if not refused:
+        assert _tls_without_sni(proxy, proxy_origins.https).startswith("HTTP/1.1 ")
+        return
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _tls_without_sni(proxy, proxy_origins.https)
+    recs = proxy.read_records(1)
+    assert any(r["event"]["action"] == "refuse" and r["event"]["reason"] == "no SNI" for r in recs)
+
+
+@pytest.mark.parametrize(
+    ("path", "passes"),
+    [
+        pytest.param("/forbidden/upload", False, id="blocked-refused-before-upstream"),
+        pytest.param("/upload", True, id="allowed-streamed-upload"),
+    ],
+)
+def test_streamed_upload_decided_first(proxy_mitmdump, proxy_origins, path, passes):
+    """A 2 MB upload (streamed by mitmproxy) to a blocked URL never reaches the origin."""
+    body = b"u" * 2_000_000
+    url = f"http://localhost:{proxy_origins.http}{path}"
+    started = time.monotonic()
+    with httpx.Client(proxy=proxy_mitmdump.url, timeout=5) as c:
+        if passes:
+            assert c.post(url, content=body).text == "origin-post:2000000"
+        else:  # killed: the connection is closed promptly (not left hanging until a timeout)
+            with pytest.raises(httpx.TransportError) as raised:
+                c.post(url, content=body)
+            assert not isinstance(raised.value, httpx.TimeoutException)
+            assert time.monotonic() - started < 3
+    received = [n for p, n in Handler.uploads if p == path]
+    assert received == ([2_000_000] if passes else [])
+    if not passes:
+        rec = _wait_record(proxy_mitmdump, lambda r: path in r.get("url", {}).get("full", ""))
+        assert rec["event"]["action"] == "block"
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -282,6 +377,21 @@ def test_throttled_download_rate(proxy_throttled, proxy_origins):
     with client(proxy_throttled) as c:
         assert c.get(f"http://127.0.0.1:{proxy_origins.http}/small").status_code == 200
     assert time.monotonic() - start < 1.0
+
+
+def test_throttled_upload_rate(proxy_throttled, proxy_origins):
+    """A large upload in the schedule is paced on the server socket (near the rate, not above)."""
+    size = 8_000_000
+    started = time.monotonic()
+    with httpx.Client(proxy=proxy_throttled.url, timeout=30) as c:
+        r = c.post(f"http://127.0.0.1:{proxy_origins.http}/paced-upload", content=b"u" * size)
+    took = time.monotonic() - started
+    assert r.text == f"origin-post:{size}"
+    rate = size / took  # socket buffers let the first ~1 MB through at once: allow 30 % over
+    assert THROTTLE_RATE * 0.7 <= rate <= THROTTLE_RATE * 1.3, f"{rate:.0f} B/s vs {THROTTLE_RATE}"
+    rec = _wait_record(proxy_throttled, lambda x: x["event"].get("action") == "throttle"
+                       and "/paced-upload" in x.get("url", {}).get("full", ""))  # fmt: skip
+    assert rec["aupguard"]["throttled_bytes"] == size
 
 
 def test_aupguard_proxy_cli(proxy_mitmdump, proxy_pki, tmp_path):
