@@ -303,21 +303,39 @@ def bench_dataset(name: str, sources: list[ListSource], *, files: list[str], wor
 def decide_config(work: Path, sources: list[ListSource], cache: Path) -> Path:
     """A policy over these lists: every category blocked, with a schedule, groups, never-block."""
     cats = sorted({s.category for s in sources})
-    lines = ["layer: bench", "policy:", "  timezone: America/New_York",
-             "  schedules:", "    business-hours: {days: [mon, tue, wed, thu, fri], "
-             "start: '08:00', end: '17:00'}",
-             "  groups:", "    staff: {networks: [10.0.0.0/8]}", "    hr: {user_groups: [hr]}",
-             "  never_block: [office365.com, aws.amazon.com, gov]", "  categories:"]  # fmt: skip
+    joined = ", ".join(cats)
+    lines = [
+        "layer: bench",
+        "policy:",
+        "  timezone: America/New_York",
+        "  schedules:",
+        "    business-hours: {days: [mon, tue, wed, thu, fri], start: '08:00', end: '17:00'}",
+        "  groups:",
+        "    staff: {networks: [10.0.0.0/8]}",
+        "    hr: {user_groups: [hr]}",
+        "  never_block: [office365.com, aws.amazon.com, gov]",
+        "  categories:",
+    ]
     for cat in cats:
-        refs = ", ".join(f"{{path: '{s.path}', format: {s.format}}}" for s in sources
-                         if s.category == cat)  # fmt: skip
+        refs = ", ".join(
+            f"{{path: '{s.path}', format: {s.format}}}" for s in sources if s.category == cat
+        )
         lines.append(f"    {cat}: {{clause: 'x', lists: [{refs}]}}")
-    lines += ["  rules:", f"    - {{id: all-day, categories: [{', '.join(cats)}], action: log}}",
-              f"    - {{id: work-hours, categories: [{', '.join(cats)}], action: block, "
-              "schedule: business-hours, groups: [staff]}",
-              "  exceptions:", "    - {id: hr, groups: [hr], hosts: [indeed.com], approved_by: CIO, "
-              "reference: R-1, expires: 2099-01-01}",
-              f"lists: {{cache_dir: '{cache}'}}", "records: {notice: {text: 'We monitor.'}}"]  # fmt: skip
+    lines += [
+        "  rules:",
+        f"    - {{id: all-day, categories: [{joined}], action: log}}",
+        (
+            f"    - {{id: work-hours, categories: [{joined}], action: block,"
+            " schedule: business-hours, groups: [staff]}"
+        ),
+        "  exceptions:",
+        (
+            "    - {id: hr, groups: [hr], hosts: [indeed.com], approved_by: CIO,"
+            " reference: R-1, expires: 2099-01-01}"
+        ),
+        f"lists: {{cache_dir: '{cache}'}}",
+        "records: {notice: {text: 'We monitor.'}}",
+    ]
     path = work / "policy.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
