@@ -239,6 +239,13 @@ class ProxySection:
     no_decrypt_categories: tuple[str, ...] = ()
     no_decrypt_hosts: tuple[str, ...] = ()
     no_sni: NoSni = NoSni.INTERCEPT  # a ClientHello without SNI (agent.tls_policy)
+    # explicit-proxy sites: `aupguard run` serves a PAC file (agent.pac) at /proxy.pac, /wpad.dat
+    pac_listen: str | None = None
+    pac_proxy: str | None = None  # what clients are told to use (default: listen)
+    pac_direct_domains: tuple[str, ...] = ()  # the agency's own domains: no proxy
+    pac_direct_networks: tuple[IPNetwork, ...] = field(
+        default=(), metadata={"parse": parse_network}
+    )
     record_allowed: bool = False  # also record plain allow decisions (volume!)
     warn_minutes: int = 30  # how long "Continue" on a warn page allows that category
     token_secret_file: Path | None = None  # shared by every worker; created 0600 if missing

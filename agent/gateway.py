@@ -26,6 +26,7 @@ from agent.logs import configure_logging, get_logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from http.server import ThreadingHTTPServer
     from types import FrameType
 
     from agent.config import Config
@@ -232,6 +233,8 @@ def describe(config: Config, children: list[Child], missing: list[str]) -> list[
         lines.append(f"  web proxy on {config.proxy.listen} ({config.proxy.mode})")
         lines.append(f"    try: curl -x http://{config.proxy.listen} http://mail.yahoo.com/")
         lines.append(f"    browser: set the HTTP and HTTPS proxy to {config.proxy.listen}")
+    if config.proxy.pac_listen:
+        lines.append(f"  PAC file on http://{config.proxy.pac_listen}/proxy.pac (and /wpad.dat)")
     if config.metrics.listen:
         lines.append(f"  metrics on http://{config.metrics.listen}/metrics")
     lines.extend(
@@ -261,6 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rundir = runtime_dir()
     rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _prepare_metrics(config, rundir)
+    pac = _serve_pac(config)
     children = plan_children(config, args, available)
     sup = Supervisor(children)
     flags = _install_handlers()
@@ -275,9 +279,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         sd_notify("STOPPING=1")
         sup.stop()
+        if pac is not None:
+            pac.shutdown()
         state.unlink(missing_ok=True)
     log.info("stopped", code=code)
     return code
+
+
+def _serve_pac(config: Config) -> ThreadingHTTPServer | None:
+    """The PAC file for explicit-proxy clients, when `proxy.pac_listen` is set."""
+    p = config.proxy
+    if not p.pac_listen:
+        return None
+    from agent.metrics import split_listen  # noqa: PLC0415
+    from agent.pac import pac_script, serve_pac  # noqa: PLC0415
+
+    host, port = split_listen(p.pac_listen)
+    script = pac_script(p.pac_proxy or p.listen, p.pac_direct_domains, p.pac_direct_networks)
+    return serve_pac(host, port, script)
 
 
 def _install_handlers() -> dict[str, bool]:

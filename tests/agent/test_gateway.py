@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,8 @@ def write_config(tmp_path: Path) -> Path:
           upstreams: ["127.0.0.1:9"]
         proxy:
           listen: "127.0.0.1:{free_port()}"
+          pac_listen: "127.0.0.1:{free_port()}"
+          pac_direct_domains: [agency.example]
         metrics:
           listen: "127.0.0.1:{free_port()}"
         """)
@@ -106,6 +109,9 @@ def test_run_starts_available_services_and_exits_0_on_sigterm(tmp_path: Path) ->
         time.sleep(gateway.FRESH)  # a child that crashes on start is gone by now
         assert all(pid and gateway._alive(pid) for pid in child_pids), out_of(proc)
         assert gateway.read_state(rundir) is not None
+        pac_url = f"http://{load_config(config).proxy.pac_listen}/proxy.pac"
+        with urllib.request.urlopen(pac_url, timeout=5) as reply:  # explicit-proxy clients' PAC
+            assert b'dnsDomainIs(host, ".agency.example")' in reply.read()
         proc.send_signal(signal.SIGHUP)  # forwarded: the children are older than FRESH
         time.sleep(1.0)
         assert proc.poll() is None
