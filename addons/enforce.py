@@ -25,15 +25,10 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:  # `mitmdump -s 
 
 from agent import cert_errors, streamed
 from agent.config import NoticeConfig
-from agent.enforcement import (
-    CONTINUE_PATH,
-    MARK_KEY,
-    SECURITY_HEADERS,
-    Enforcer,
-    EnforcerSettings,
-)
+from agent.enforcement import CONTINUE_PATH, MARK_KEY, SECURITY_HEADERS, Enforcer
 from agent.errors import AupguardError
 from agent.pipeline import Engine
+from agent.proxy_settings import EnforcerSettings
 from agent.runtime import Runtime
 from agent.shipping import open_writer
 

@@ -10,8 +10,7 @@ with warnings.catch_warnings():  # pyparsing deprecations inside mitmproxy's imp
     warnings.simplefilter("ignore", DeprecationWarning)
     from mitmproxy.test import tflow
 
-    from agent.enforcement import EnforcerSettings, flow_hosts, host_of, under
-from agent.config import load_config
+    from agent.enforcement import flow_hosts, host_of, under
 
 
 @pytest.mark.parametrize(
@@ -47,16 +46,3 @@ def test_flow_hosts_distinct():
 def test_under(host, expected):
     """Suffix match at label boundaries."""
     assert under(host, {"bank.test"}) is expected
-
-
-def test_unknown_throttle_schedule_lists_names(tmp_path):
-    """A throttle schedule that does not exist is refused with the defined names."""
-    policy = tmp_path / "p.yaml"
-    policy.write_text(
-        "layer: t\npolicy:\n  timezone: UTC\n  schedules:\n"
-        '    business-hours: {days: [mon], start: "08:00", end: "17:00"}\n'
-        f"proxy:\n  throttle_schedule: busines-hours\n  token_secret_file: {tmp_path / 'k'}\n"
-        'records:\n  notice: {text: "NOTICE."}\n'
-    )
-    with pytest.raises(ValueError, match=r"unknown schedule 'busines-hours'.*business-hours"):
-        EnforcerSettings.from_config(load_config(policy))
