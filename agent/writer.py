@@ -135,6 +135,7 @@ class RecordWriter:
         queue_size: int = 10_000,
         batch_size: int = 1_000,
         clock: Callable[[], float] = time.time,
+        linger: float = 0.005,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
@@ -142,6 +143,7 @@ class RecordWriter:
         self._limit = queue_size
         self._batch_size = batch_size
         self._clock = clock
+        self._linger = linger
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders write/flush/close against the close marker
         self._closed = False
@@ -198,6 +200,9 @@ class RecordWriter:
                 pass
             if not self._handle(batch):
                 return
+            # Linger before taking more: records queued meanwhile go in one batch, instead of
+            # each `write()` waking this thread (a futex and a GIL hand-off per record).
+            time.sleep(self._linger)
 
     def _handle(self, batch: list[object]) -> bool:
         """Write a batch in order, acting on flush/close markers; False after close."""
