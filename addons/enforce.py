@@ -29,7 +29,7 @@ from agent.enforcement import CONTINUE_PATH, MARK_KEY, SECURITY_HEADERS, Enforce
 from agent.errors import AupguardError
 from agent.pipeline import Engine
 from agent.proxy_settings import EnforcerSettings
-from agent.runtime import Runtime
+from agent.runtime import Runtime, settle_gc
 from agent.shipping import open_writer
 
 MARK = MARK_KEY
@@ -116,15 +116,14 @@ class Enforce:
             self.writer.write(record)
 
     def running(self) -> None:
-        """Reload on SIGHUP; take loaded lists out of the garbage collector's way (gc.freeze)."""
+        """Reload on SIGHUP; keep the garbage collector off the loaded engine (settle_gc)."""
         import asyncio  # noqa: PLC0415
-        import gc  # noqa: PLC0415
 
         if self.runtime is not None:
             self.runtime.install_sighup(asyncio.get_running_loop())
+            self.runtime.on_reload(lambda _engine: settle_gc())
         self._flush_metrics()
-        gc.collect()
-        gc.freeze()
+        settle_gc()
         if not ctx.options.stream_large_bodies:
             # never buffer large bodies
             ctx.options.update(stream_large_bodies="1m")  # type: ignore[no-untyped-call]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import json
 import signal
@@ -38,7 +37,7 @@ from agent.dns_records import TRIP_INTERVAL, Recorder
 from agent.dns_wire import Answers, Question
 from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally
 from agent.model import Client, Decision, Request
-from agent.runtime import Runtime
+from agent.runtime import Runtime, settle_gc
 from agent.shipping import open_writer
 from agent.throttle import ClientRateLimiter
 from agent.upstream import UpstreamError, UpstreamPool, parse_addr, system_resolvers
@@ -394,8 +393,8 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runtime.install_sighup(loop)
-    runtime.on_reload(_refreeze)
-    _refreeze(runtime.engine)
+    runtime.on_reload(lambda _engine: settle_gc())
+    settle_gc()
     sweeper = spawn(_sweep(recorder, core.tally, stop))
     log_event(
         "dns_ready",
@@ -434,16 +433,6 @@ async def _bind(
             continue
         return transport, server, actual
     raise OSError(f"no free port on {host}")  # unreachable: the loop raises first
-
-
-def _refreeze(_engine: object) -> None:
-    """Keep the collector off the engine's long-lived tables (FACTS.md: gc.freeze after load).
-
-    Unfreezing first lets a replaced engine's cycles be collected after a reload.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def _grow_buffers(sock: socket.socket | None) -> None:

@@ -8,6 +8,7 @@ the Engine they started with. A failed reload keeps the last good engine and say
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import threading
 import time
@@ -31,6 +32,20 @@ class ReloadResult:
     ok: bool
     revision: str
     error: str | None = None
+
+
+def settle_gc() -> None:
+    """Keep the garbage collector off long-lived tables and out of the hot path.
+
+    After loading: collect, then freeze what survived (FACTS.md: a collector walking the
+    loaded engine cost the proxy 6 % and doubled its p90), unfreezing first so a replaced
+    engine's cycles can go after a reload. Per-decision objects (records) are short-lived
+    dicts, so young collections run every 50,000 allocations instead of every 700.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 class Runtime:
