@@ -200,9 +200,10 @@ class RecordWriter:
                 pass
             if not self._handle(batch):
                 return
-            # Linger before taking more: records queued meanwhile go in one batch, instead of
-            # each `write()` waking this thread (a futex and a GIL hand-off per record).
-            time.sleep(self._linger)
+            if len(batch) < self._batch_size:
+                # Caught up: linger so that records queued meanwhile go in one batch, instead
+                # of each `write()` waking this thread (a futex and a GIL hand-off per record).
+                time.sleep(self._linger)
 
     def _handle(self, batch: list[object]) -> bool:
         """Write a batch in order, acting on flush/close markers; False after close."""
