@@ -43,6 +43,7 @@ from agent.throttle import ClientRateLimiter
 from agent.upstream import UpstreamError, UpstreamPool, parse_addr, system_resolvers
 from agent.writer import RecordWriter
 
+GC_YOUNG = 50_000  # young-generation threshold: records are short-lived (runtime.settle_gc)
 MAX_INFLIGHT = 2048  # distinct questions waiting for upstreams (each holds a socket)
 _TASKS: set[asyncio.Task[Any]] = set()
 
@@ -393,8 +394,8 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runtime.install_sighup(loop)
-    runtime.on_reload(lambda _engine: settle_gc())
-    settle_gc()
+    runtime.on_reload(lambda _engine: settle_gc(young=GC_YOUNG))
+    settle_gc(young=GC_YOUNG)
     sweeper = spawn(_sweep(recorder, core.tally, stop))
     log_event(
         "dns_ready",
