@@ -160,6 +160,10 @@ class Enforce:
         """Decide every request; act on the decision."""
         if flow.response is not None or MARK in flow.metadata or self.enforcer is None:
             return  # already handled (e.g. proxyauth's 407)
+        if getattr(self.writer, "failing_closed", False):  # records.spool_full: fail_closed
+            flow.metadata[MARK] = "suspended"
+            flow.response = self.enforcer.suspended(flow, time.time())
+            return
         if flow.request.path.startswith(CONTINUE_PATH):
             flow.metadata[MARK] = "continue"
             flow.response = self.enforcer.redeem(flow, time.time())

@@ -123,6 +123,10 @@ class DnsFilter:
             if clean is None or q is None:
                 return clean
             data = clean
+        writer = self.recorder.writer
+        if writer is not None and writer.failing_closed:  # records.spool_full: fail_closed
+            self.tally.add(DNS_QUERIES, "fail-closed")
+            return dns_wire.patch(self.answers.servfail(q), data, q)
         client = self.verdicts.client(ip, now)
         refusal = self._admit(data, q, client, now)
         if refusal is not None:

@@ -273,6 +273,23 @@ class Enforcer:
             body, ctype = short_body(kind, facts, flow.request.headers)
         return http.Response.make(403, body, {**headers, "content-type": ctype})
 
+    def suspended(self, flow: http.HTTPFlow, now: float) -> http.Response:
+        """503 for every request while records cannot be kept (`spool_full: fail_closed`)."""
+        engine = self.runtime.engine
+        zone = getattr(engine.config, "timezone", dt.UTC)
+        reference = new_event_id(now)
+        facts = PageFacts(
+            url=flow.request.pretty_url, category=None, clause=None,
+            time=dt.datetime.fromtimestamp(now, zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
+            reference=reference, notice=engine.notice.text,
+        )  # fmt: skip
+        headers = {**SECURITY_HEADERS, "x-aupguard-reference": reference, "retry-after": "60"}
+        if wants_html(flow.request.headers):
+            body, ctype = self.pages.render("suspended", facts).encode(), "text/html; charset=utf-8"
+        else:
+            body, ctype = short_body("suspended", facts, flow.request.headers)
+        return http.Response.make(503, body, {**headers, "content-type": ctype})
+
     # --- TLS ----------------------------------------------------------------------------
 
     def no_decrypt(self, ev: Evaluation) -> bool:

@@ -30,6 +30,7 @@ class PageTexts:
     block_title: str = "This site is blocked"
     warn_title: str = "This site may not be appropriate for work"
     error_title: str = "This site could not be reached safely"
+    suspended_title: str = "Web access is suspended"
     continue_label: str = "Continue to the site"
     notice_title: str = "Notice of electronic monitoring"
     acknowledge_label: str = "I acknowledge"
@@ -127,6 +128,9 @@ _LEADS = {
     "warn": "This address is in a category that is limited on state systems. "
     "Your visit will be recorded if you continue.",
     "error": "The gateway could not verify this site's identity, so it did not load it.",
+    "suspended": "Web access through this gateway is suspended because the records that the "
+    "electronic-monitoring policy requires cannot be stored right now. It resumes by itself "
+    "when they can.",
 }
 
 
@@ -142,7 +146,12 @@ class Pages:
     def render(self, kind: str, facts: PageFacts) -> str:
         """The page for `kind` (block, warn or error) with every value escaped."""
         t = self.texts
-        title = {"block": t.block_title, "warn": t.warn_title, "error": t.error_title}[kind]
+        title = {
+            "block": t.block_title,
+            "warn": t.warn_title,
+            "error": t.error_title,
+            "suspended": t.suspended_title,
+        }[kind]
         action = ""
         if kind == "warn" and facts.continue_href:
             href = html.escape(facts.continue_href, quote=True)
@@ -199,7 +208,12 @@ def wants_html(headers: Mapping[str, str]) -> bool:
 def short_body(kind: str, facts: PageFacts, headers: Mapping[str, str]) -> tuple[bytes, str]:
     """A short JSON (or plain text) reason for non-navigation requests: (body, content type)."""
     doc = {
-        "error": {"block": "blocked", "warn": "warning", "error": "upstream_error"}[kind],
+        "error": {
+            "block": "blocked",
+            "warn": "warning",
+            "error": "upstream_error",
+            "suspended": "suspended",
+        }[kind],
         "category": facts.category,
         "clause": facts.clause,
         "reference": facts.reference,

@@ -388,10 +388,13 @@ def open_writer(
         spool = section.spool_dir / writer
         spool.mkdir(mode=0o750, parents=True, exist_ok=True)
         section = replace(section, spool_dir=spool)
-    sinks, _syslog = record_sinks(section)
+    sinks, syslog = record_sinks(section)
     if also is not None:
         sinks = [*sinks, JsonLinesFileSink(also)]
-    return RecordWriter(sinks, queue_size=section.queue_size) if sinks else None
+    if not sinks:
+        return None
+    halt = syslog.fail_closed if syslog is not None else None  # set only under fail_closed
+    return RecordWriter(sinks, queue_size=section.queue_size, halt=halt)
 
 
 def _syslog_sink(section: RecordsSection) -> SyslogSink | None:

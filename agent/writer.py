@@ -128,7 +128,7 @@ class RecordWriter:
     a `records-dropped` record once the queue drains. `close()` drains everything.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  (sinks plus keyword-only tuning knobs)
         self,
         sinks: Sequence[RecordSink],
         *,
@@ -136,6 +136,7 @@ class RecordWriter:
         batch_size: int = 1_000,
         clock: Callable[[], float] = time.time,
         linger: float = 0.005,
+        halt: threading.Event | None = None,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
@@ -144,6 +145,7 @@ class RecordWriter:
         self._batch_size = batch_size
         self._clock = clock
         self._linger = linger
+        self._halt = halt
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders write/flush/close against the close marker
         self._closed = False
@@ -153,6 +155,14 @@ class RecordWriter:
         self.sink_errors = 0
         self._thread = threading.Thread(target=self._run, name="aupguard-records", daemon=True)
         self._thread.start()
+
+    @property
+    def failing_closed(self) -> bool:
+        """True while records cannot be kept and enforcement must stop.
+
+        That is a full spool under `records.spool_full: fail_closed`.
+        """
+        return self._halt is not None and self._halt.is_set()
 
     def write(self, record: dict[str, Any]) -> bool:
         """Queue `record` without blocking; False (and counted) when the queue is full or closed."""

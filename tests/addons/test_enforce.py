@@ -130,6 +130,28 @@ def test_actions(addon_ctx, url, status, mark, records):
     assert len(addon.writer.records) == records
 
 
+@pytest.mark.parametrize(
+    ("accept", "ctype"),
+    [
+        pytest.param("text/html", "text/html; charset=utf-8", id="navigation-page"),
+        pytest.param("application/json", "application/json", id="api-json"),
+    ],
+)
+def test_records_fail_closed_suspends_every_request(addon_ctx, accept, ctype):
+    """While records cannot be kept (spool_full: fail_closed) even allowed sites get a 503."""
+    addon, _ = addon_ctx
+    addon.writer.failing_closed = True
+    f = make_flow("http://example.org/", accept=accept)
+    addon.request(f)
+    assert f.response.status_code == 503
+    assert f.response.headers["content-type"] == ctype
+    assert f.metadata[enforce.MARK] == "suspended"
+    addon.writer.failing_closed = False
+    again = make_flow("http://example.org/")
+    addon.request(again)
+    assert again.response is None
+
+
 def test_unparsable_host_fails_closed(addon_ctx):
     """A Host the engine cannot read gets a 400, never a pass."""
     addon, _ = addon_ctx

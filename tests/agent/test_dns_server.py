@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dnslib import DNSRecord
+from dnslib import RCODE, DNSRecord
 
 from agent.config import DnsRecords, DnsSection
 from agent.dns_records import Recorder
@@ -91,6 +91,8 @@ def test_make_settings_falls_back_to_resolv_conf(tmp_path: Path) -> None:
 
 
 class ListWriter:
+    failing_closed = False
+
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
@@ -144,6 +146,18 @@ def test_answer_paths(runtime: Runtime, name: str, kind: type) -> None:
     dns, _ = core(runtime)
     result = dns.answer(bytes(DNSRecord.question(name).pack()), "127.0.0.1", 1000.0, udp=True)
     assert isinstance(result, kind)
+
+
+def test_fail_closed_answers_servfail(runtime: Runtime) -> None:
+    """While records cannot be kept under `spool_full: fail_closed`, every query gets SERVFAIL."""
+    dns, writer = core(runtime)
+    writer.failing_closed = True
+    for name in ("fine.example", "blocked.test"):
+        reply = dns.answer(bytes(DNSRecord.question(name).pack()), "127.0.0.1", 1000.0, udp=True)
+        assert isinstance(reply, bytes)
+        assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
+    writer.failing_closed = False
+    assert isinstance(dns.answer(bytes(DNSRecord.question("fine.example").pack()), "127.0.0.1", 1000.0, udp=True), Lookup)
 
 
 def test_reload_swaps_memo(runtime: Runtime, tmp_path: Path) -> None:

@@ -54,3 +54,17 @@ def test_bad_shipping_settings_say_which_key(section: RecordsSection, message: s
     """A bad records: section is refused with the key named, before anything is written."""
     with pytest.raises(ValueError, match=message):
         open_writer(section, writer="dns")
+
+
+def test_writer_reports_fail_closed_from_the_syslog_spool(tmp_path: Path) -> None:
+    """The writer's failing_closed follows the syslog spool's flag (set when it is full)."""
+    section = RecordsSection(syslog="127.0.0.1:9", spool_dir=tmp_path / "spool", spool_full="fail_closed")
+    writer = open_writer(section, writer="dns")
+    assert writer is not None
+    assert not writer.failing_closed
+    assert writer._halt is not None
+    writer._halt.set()  # what a full spool does under fail_closed (tests/integration/test_syslog.py)
+    assert writer.failing_closed
+    writer._halt.clear()
+    assert not writer.failing_closed
+    writer.close(5)
