@@ -22,7 +22,7 @@ policy:
   groups:
     staff: {{networks: [10.0.0.0/8]}}
     hr: {{user_groups: [hr]}}
-  never_block: [aws.amazon.com, example-shop.com/work]
+  never_block: [aws.amazon.com, example-shop.com/staff]
   rules:
     - {{id: personal, categories: [webmail, shopping, jobsearch], action: block}}
   exceptions:
@@ -65,7 +65,7 @@ def engine(config_path: Path) -> Engine:
         pytest.param("https://www.linkedin.com/jobs/view/1", False, Action.BLOCK, "jobsearch", "personal", "'linkedin.com/jobs'", id="url-rule"),
         pytest.param("https://www.linkedin.com/feed", False, Action.ALLOW, None, "default", "no list matches", id="url-rule-other-path"),
         pytest.param("https://notamazon.com/", False, Action.ALLOW, None, "default", "", id="label-aware-suffix"),
-        pytest.param("example-shop.com/work/tickets", False, Action.ALLOW, None, "default", "never-block", id="never-block-url-beats-host"),
+        pytest.param("example-shop.com/staff/tickets", False, Action.ALLOW, None, "default", "never-block", id="never-block-url-beats-host"),
     ],
 )
 def test_evaluate(engine: Engine, target: str, host_only: bool, action: Action,
