@@ -34,6 +34,17 @@ _SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 _PORT = re.compile(r":[0-9]{0,5}")
 
 
+def label_suffixes(host: str) -> frozenset[str]:
+    """`a.b.example.com` -> the host and every parent domain (label boundaries only)."""
+    parts = host.split(".")
+    return frozenset(".".join(parts[i:]) for i in range(len(parts)))
+
+
+def is_under(host: str, domains: frozenset[str]) -> bool:
+    """True when `host` is one of `domains` or a subdomain of one."""
+    return bool(domains) and not domains.isdisjoint(label_suffixes(host))
+
+
 def normalize_host(raw: str) -> str:
     """Canonical request host from `User@Host.:443`, `[v6]:443`, `%65x.com`, IDN, `0x7f.1` etc."""
     if len(raw) <= 253 and CLEAN_NAME.fullmatch(raw):

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from mitmproxy import http, tls
 
 from agent.acknowledge import Acknowledgments
+from agent.classifier import is_under
 from agent.metrics import DECISIONS, HTTP_REQUESTS, THROTTLED_BYTES, Tally
 from agent.model import Action, Source
 from agent.pages import PageFacts, Pages, short_body, wants_html
@@ -69,13 +70,6 @@ def flow_hosts(flow: http.HTTPFlow) -> list[str]:
         server,
     )
     return list(dict.fromkeys(h for h in map(host_of, candidates) if h))
-
-
-def under(host: str, suffixes: Iterable[str]) -> bool:
-    """True when `host` is one of `suffixes` or below one."""
-    wanted = frozenset(suffixes)
-    parts = host.split(".")
-    return any(".".join(parts[i:]) in wanted for i in range(len(parts)))
 
 
 class Enforcer:
@@ -297,7 +291,7 @@ class Enforcer:
         s = self.settings
         if s.no_decrypt_categories.intersection(ev.decision.categories):
             return True
-        return bool(s.no_decrypt_hosts) and under(ev.request.host, s.no_decrypt_hosts)
+        return is_under(ev.request.host, s.no_decrypt_hosts)
 
     def on_client_hello(self, data: tls.ClientHelloData, modes: Iterable[str]) -> None:
         """Pass no-decrypt hosts through when the SNI is where the connection goes."""

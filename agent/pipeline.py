@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from agent.classifier import Classifier, split_url
+from agent.classifier import Classifier, is_under, split_url
 from agent.config import Config, load_config
 from agent.errors import ListRejected
 from agent.identity import Identity
@@ -122,7 +122,7 @@ class Engine:
     ) -> Decision:
         host = request.host
         reasons = []
-        if self.classifier.has_url_rules_for(host) or _under(host, self.policy.url_grant_hosts):
+        if self.classifier.has_url_rules_for(host) or is_under(host, self.policy.url_grant_hosts):
             reasons.append("URL-level rules exist below this host")
         if self.policy.user_dependent(client, request, now, decision):
             reasons.append("the action depends on the signed-in user")
@@ -131,10 +131,3 @@ class Engine:
         from dataclasses import replace  # noqa: PLC0415
 
         return replace(decision, user_independent=False, notes=decision.notes + tuple(reasons))
-
-
-def _under(host: str, hosts: frozenset[str]) -> bool:
-    if not hosts:
-        return False
-    parts = host.split(".")
-    return any(".".join(parts[i:]) in hosts for i in range(len(parts)))

@@ -17,6 +17,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agent.classifier import label_suffixes
 from agent.config import Config, ExceptionConfig
 from agent.model import Action, Classification, Client, Decision, Request
 from agent.schedule import Schedule
@@ -74,7 +75,7 @@ class Grant:
             return False
         if self.categories and not self.categories.issuperset(restricting):
             return False
-        suffixes = _suffixes(request.host)
+        suffixes = label_suffixes(request.host)
         if not self.hosts.isdisjoint(suffixes):
             return True
         path = request.path
@@ -263,8 +264,3 @@ def _overrides(cls: Classification) -> str:
     decided = cls.matches[0] if cls.matches else None
     by = f" by {decided.entry!r}" if decided else ""
     return "; overrides " + ", ".join(m.describe() for m in cls.overridden[:3]) + by
-
-
-def _suffixes(host: str) -> frozenset[str]:
-    parts = host.split(".")
-    return frozenset(".".join(parts[i:]) for i in range(len(parts)))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.classifier import Classifier, _split_slow, normalize_host, split_url
+from agent.classifier import Classifier, _split_slow, is_under, normalize_host, split_url
 from agent.index import CompiledIndex, build_index, load_index, open_index
 from agent.lists import ListFormat, ListSource
 from agent.model import Match
@@ -425,3 +425,18 @@ def test_opening_an_index_creates_few_objects(ut1_index: CompiledIndex) -> None:
     after = len(gc.get_objects())
     assert after - before < 50_000  # the URL rules in the header, not the domains
     assert len(index) > 300_000
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        pytest.param("bank.test", True, id="itself"),
+        pytest.param("www.bank.test", True, id="subdomain"),
+        pytest.param("notbank.test", False, id="string-suffix-not-label"),
+        pytest.param("test", False, id="parent"),
+    ],
+)
+def test_is_under(host: str, expected: bool) -> None:
+    """A host is under a domain at label boundaries only; an empty set matches nothing."""
+    assert is_under(host, frozenset({"bank.test"})) is expected
+    assert not is_under(host, frozenset())

@@ -10,7 +10,7 @@ with warnings.catch_warnings():  # pyparsing deprecations inside mitmproxy's imp
     warnings.simplefilter("ignore", DeprecationWarning)
     from mitmproxy.test import tflow
 
-    from agent.enforcement import flow_hosts, host_of, under
+    from agent.enforcement import flow_hosts, host_of
 
 
 @pytest.mark.parametrize(
@@ -37,12 +37,3 @@ def test_flow_hosts_distinct():
     f.client_conn.sni = "c.test"
     f.server_conn.address = ("a.test", 443)
     assert set(flow_hosts(f)) == {"a.test", "b.test", "c.test"}
-
-
-@pytest.mark.parametrize(
-    ("host", "expected"),
-    [("bank.test", True), ("www.bank.test", True), ("notbank.test", False), ("test", False)],
-)
-def test_under(host, expected):
-    """Suffix match at label boundaries."""
-    assert under(host, {"bank.test"}) is expected
