@@ -14,7 +14,7 @@ import enum
 import hashlib
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -469,8 +469,6 @@ def _load_file(path: Path, problems: list[Problem]) -> FileSection | None:
 
 def _resolve_list_paths(section: FileSection, base: Path) -> FileSection:
     """List paths in shorthand form are relative to the config file's directory."""
-    from dataclasses import replace  # noqa: PLC0415
-
     cats = {
         name: replace(
             spec,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,4 @@ class Engine:
             reasons.append("the action depends on the signed-in user")
         if not reasons:
             return decision
-        from dataclasses import replace  # noqa: PLC0415
-
         return replace(decision, user_independent=False, notes=decision.notes + tuple(reasons))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from agent.classifier import label_suffixes
 from agent.config import Config, ExceptionConfig
+from agent.lists import normalize_domain
 from agent.model import Action, Classification, Client, Decision, Request
 from agent.schedule import Schedule
 
@@ -208,8 +209,6 @@ class Policy:
 
 
 def _grant(e: ExceptionConfig, layer: str, config: Config) -> Grant:
-    from agent.lists import normalize_domain  # noqa: PLC0415  (config already validated them)
-
     until = dt.datetime.combine(e.expires + dt.timedelta(days=1), dt.time(0), config.timezone)
     urls = []
     for url in e.urls:
