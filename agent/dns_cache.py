@@ -15,7 +15,9 @@ from agent import dns_wire
 from agent.model import Action, Classification, Client, Decision, Request, Source
 
 if TYPE_CHECKING:
+    from agent.metrics import TallyKey
     from agent.pipeline import Engine
+    from agent.record_template import RecordTemplate
     from agent.runtime import Runtime
 
 CacheKey = tuple[bytes, int, int, bool]  # (wire name, qtype, qclass, client sent EDNS)
@@ -42,6 +44,34 @@ class Entry:
         if self.stamped[0] != elapsed:
             self.stamped = (elapsed, dns_wire.set_ttls(self.wire, self.offsets, elapsed))
         return self.stamped[1]
+
+
+@dataclass(slots=True)
+class Replay:
+    """A decided UDP answer, re-sent with the client's id while nothing it depends on changed.
+
+    Keyed by (client address, query without its id): the same client asking the same
+    question (same flags, case and EDNS) gets the same answer until `until` (the end of the
+    minute, when schedules and exception expiry are re-checked, or the cached answer's
+    expiry) or until `engine` is replaced by a reload. Re-sending counts `counts` and queues
+    the record `template` (if any), so a replay is indistinguishable from a fresh decision.
+    """
+
+    until: float
+    engine: object
+    tail: bytes  # the reply after its 2-byte id
+    question: dns_wire.Question
+    counts: tuple[TallyKey, ...]
+    template: RecordTemplate | None
+    entry: Entry | None = None  # a cached answer: `tail` is re-rendered as its TTLs count down
+    elapsed: int = 0  # whole seconds since `entry` was stored, when `tail` was rendered
+
+    def refresh(self, query: bytes, now: float) -> None:
+        """Re-render a cached answer's tail once per second (its TTLs count down)."""
+        entry = self.entry
+        if entry is not None and int(now - entry.stored) != self.elapsed:
+            self.elapsed = int(now - entry.stored)
+            self.tail = dns_wire.patch(entry.render(now), query, self.question)[2:]
 
 
 class DnsCache:

@@ -12,6 +12,7 @@ from agent.config import DnsRecords
 from agent.dns_cache import Verdicts
 from agent.model import Client, Decision, Request
 from agent.pipeline import Evaluation
+from agent.record_template import RecordTemplate, slotted
 from agent.runtime import Runtime
 from agent.writer import RecordWriter
 
@@ -37,8 +38,25 @@ class Recorder:
         self, client: Client, verdict: tuple[Request, Decision], now: float, extra: dict[str, Any]
     ) -> None:
         """Queue one record (never blocks; the writer counts drops)."""
+        if self.writer is not None:
+            self.writer.write(self._build(client, verdict, now, extra))
+
+    def template(
+        self, client: Client, verdict: tuple[Request, Decision], extra: dict[str, Any]
+    ) -> RecordTemplate | None:
+        """The record of this answer as a template for `stamp` (None: use `emit`)."""
         if self.writer is None:
-            return
+            return None
+        return RecordTemplate.from_record(slotted(self._build(client, verdict, 0.0, extra)))
+
+    def stamp(self, template: RecordTemplate, now: float, dns_id: int) -> None:
+        """Queue one templated record; the writer thread fills in time and ids."""
+        if self.writer is not None:
+            self.writer.write((template, now, dns_id))
+
+    def _build(
+        self, client: Client, verdict: tuple[Request, Decision], now: float, extra: dict[str, Any]
+    ) -> dict[str, Any]:
         request, decision = verdict
         record = self.runtime.engine.record(Evaluation(client, request, decision), now)
         # Every key of `extra` starts with an ECS root (dns, event, network, error, aupguard),
@@ -49,7 +67,7 @@ class Recorder:
             for part in parents:
                 target = target.setdefault(part, {})
             target[leaf] = value
-        self.writer.write(record)
+        return record
 
     def trip(self, kind: str, client: Client, name: str, now: float) -> None:
         """Count a refused/rate-limited query; record the count at most once per interval."""

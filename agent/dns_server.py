@@ -32,10 +32,10 @@ from dnslib import QTYPE, RCODE
 from agent import dns_wire
 from agent.cli import command
 from agent.config import DnsRecords, DnsSection, IPNetwork, parse_network
-from agent.dns_cache import CacheKey, DnsCache, Verdicts
+from agent.dns_cache import CacheKey, DnsCache, Entry, Replay, Verdicts
 from agent.dns_records import TRIP_INTERVAL, Recorder
 from agent.dns_wire import Answers, Question
-from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally
+from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally, TallyKey
 from agent.model import Client, Decision, Request
 from agent.runtime import Runtime, settle_gc
 from agent.shipping import open_writer
@@ -45,6 +45,8 @@ from agent.writer import RecordWriter
 
 GC_YOUNG = 50_000  # young-generation threshold: records are short-lived (runtime.settle_gc)
 MAX_INFLIGHT = 2048  # distinct questions waiting for upstreams (each holds a socket)
+MAX_REPLAYS = 65_536  # remembered answers (client, question); emptied when full
+Counts = tuple[TallyKey, ...]  # the metrics an answer counts
 _TASKS: set[asyncio.Task[Any]] = set()
 
 
@@ -112,19 +114,28 @@ class DnsFilter:
         self.pool = UpstreamPool(list(settings.upstreams), section.upstream_timeout)
         self.limiter = ClientRateLimiter(section.rate_limit) if section.rate_limit > 0 else None
         self.tally = Tally()
+        self.runtime = runtime
+        self._replays: dict[tuple[str, bytes], Replay] = {}
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[CacheKey, asyncio.Future[tuple[bytes, tuple[bytes, ...], str]]] = {}
 
     def answer(self, data: bytes, ip: str, now: float, *, udp: bool) -> bytes | Lookup | None:
         """The reply to `data` from `ip` (None: drop), or a Lookup that needs the upstreams."""
+        if udp:
+            replay = self._replays.get((ip, data[2:]))
+            if replay is not None and now < replay.until and replay.engine is self.runtime.engine:
+                return self._replay(replay, data, ip, now)
+        return self._decide(data, ip, now, udp=udp)
+
+    def _decide(self, data: bytes, ip: str, now: float, *, udp: bool) -> bytes | Lookup | None:
+        """`answer()` for a query that has no replay: parse, admit, decide, answer."""
         q = dns_wire.parse_query(data)
         if q is None:
             clean, q = self.answers.normalise(data)
             if clean is None or q is None:
                 return clean
             data = clean
-        writer = self.recorder.writer
-        if writer is not None and writer.failing_closed:  # records.spool_full: fail_closed
+        if self._failing_closed():  # records.spool_full: fail_closed
             self.tally.add(DNS_QUERIES, "fail-closed")
             return dns_wire.patch(self.answers.servfail(q), data, q)
         client = self.verdicts.client(ip, now)
@@ -133,40 +144,110 @@ class DnsFilter:
             return refusal
         verdict = self.verdicts.decide(client, q.name, now)
         job = Lookup(data, q, client, verdict, now, udp)
-        kind = self._prepared_kind(q, verdict)
+        kind, counts = self._prepared_kind(q, verdict)
         if kind is None:
             entry = self.cache.get((q.name, q.qtype, q.qclass, q.edns is not None), now)
             if entry is None:
+                self.tally.add_keys(counts)
                 return job if len(self._inflight) < MAX_INFLIGHT else self._servfail(job)
             if not self.verdicts.cloaked(client, entry.aliases, now):
-                if verdict is not None and self.recorder.wants(verdict[1]):
-                    self.recorder.emit(client, verdict, now, self._extra(job, 0, now, "cache"))
-                self.tally.add(DNS_QUERIES, "cached")
-                return self._fit(dns_wire.patch(entry.render(now), data, q), q, udp=udp)
+                recorded = verdict is not None and self.recorder.wants(verdict[1])
+                return self._settle(job, "cached", counts, entry=entry, recorded=recorded)
             kind = "block"
-        return self._prepared(job, kind, now)
+        recorded = verdict is not None and self.recorder.writer is not None
+        return self._settle(job, kind, counts, recorded=recorded)
 
-    def _prepared_kind(self, q: Question, verdict: tuple[Request, Decision] | None) -> str | None:
-        """Count the decision; the prepared answer it needs (bypass name or block), if any."""
+    def _prepared_kind(
+        self, q: Question, verdict: tuple[Request, Decision] | None
+    ) -> tuple[str | None, Counts]:
+        """The prepared answer the query needs (bypass name or block), if any, and its counts."""
+        counts: Counts = ()
         if verdict is not None:
             decision = verdict[1]
-            self.tally.add(DECISIONS, "dns", decision.action.label, decision.category or "none")
+            labels = ("dns", decision.action.label, decision.category or "none")
+            counts = ((DECISIONS, labels),)
         kind = self.answers.special(q.name)
         if kind is not None:
-            self.tally.add(BYPASS_ATTEMPTS, "dns-bypass-name")
-            return kind
+            return kind, (*counts, (BYPASS_ATTEMPTS, ("dns-bypass-name",)))
         if verdict is not None and Verdicts.enforced(verdict[1]):
-            return "block"
-        return None
+            return "block", counts
+        return None, counts
+
+    def _settle(  # noqa: PLR0913  (keyword-only variations of one step)
+        self,
+        job: Lookup,
+        kind: str,
+        counts: Counts,
+        *,
+        recorded: bool,
+        entry: Entry | None = None,
+        now: float | None = None,
+        remember: bool = True,
+    ) -> bytes:
+        """Count, record and return a cached or prepared answer; remember it for replays.
+
+        `now` is when the answer was ready (after an upstream lookup); such answers are not
+        remembered, since their records carry the lookup's duration.
+        """
+        q = job.q
+        now = job.started if now is None else now
+        until = (now // 60 + 1) * 60  # decisions are re-checked every minute
+        if entry is None:
+            reply = dns_wire.patch(self.answers.prepared(q, kind), job.query, q)
+        else:
+            reply = dns_wire.patch(entry.render(now), job.query, q)
+            until = min(until, entry.expires)
+        counts = (*counts, (DNS_QUERIES, (kind,)))
+        self.tally.add_keys(counts)
+        fitted = self._fit(reply, q, udp=job.udp)
+        replayable = remember and job.udp and fitted is reply
+        template = None
+        if recorded and job.verdict is not None:
+            extra = self._extra(job, reply[3] & 0x0F, now, "cache" if entry else "")
+            if kind != "cached":
+                extra["aupguard.dns.outcome"] = kind
+            if replayable:
+                template = self.recorder.template(job.client, job.verdict, extra)
+            if template is None:
+                self.recorder.emit(job.client, job.verdict, now, extra)
+            else:
+                self.recorder.stamp(template, now, q.id)
+        if replayable:
+            if len(self._replays) >= MAX_REPLAYS:
+                self._replays.clear()
+            replay = Replay(until, self.runtime.engine, reply[2:], q, counts, template, entry)
+            if entry is not None:
+                replay.elapsed = int(now - entry.stored)
+            self._replays[(job.client.ip, job.query[2:])] = replay
+        return fitted
+
+    def _replay(self, replay: Replay, data: bytes, ip: str, now: float) -> bytes:
+        """Send a remembered answer again: count it, record it, patch in the client's id."""
+        if self._failing_closed() or (
+            self.limiter is not None and not self.limiter.allow(ip, now)
+        ):  # (a refused token is not taken: the full path asks the limiter again)
+            del self._replays[(ip, data[2:])]
+            return self._decide(data, ip, now, udp=True)  # type: ignore[return-value]  # bytes
+        self.tally.add_keys(replay.counts)
+        if replay.template is not None:
+            self.recorder.stamp(replay.template, now, int.from_bytes(data[:2]))
+        if replay.entry is not None:
+            replay.refresh(data, now)
+        return data[:2] + replay.tail
+
+    def _failing_closed(self) -> bool:
+        writer = self.recorder.writer
+        return writer is not None and writer.failing_closed
 
     def _admit(self, data: bytes, q: Question, client: Client, now: float) -> bytes | None:
         """REFUSED for clients outside allow_clients or over the rate limit, else None."""
         if not self._is_allowed(client.ip):
-            kind = "refused"
-        elif self.limiter is not None and not self.limiter.allow(client.ip, now):
-            kind = "rate-limited"
-        else:
-            return None
+            return self._refuse("refused", data, q, client, now)
+        if self.limiter is not None and not self.limiter.allow(client.ip, now):
+            return self._refuse("rate-limited", data, q, client, now)
+        return None
+
+    def _refuse(self, kind: str, data: bytes, q: Question, client: Client, now: float) -> bytes:
         self.recorder.trip(kind, client, dns_wire.to_text(q.name), now)
         self.tally.add(DNS_QUERIES, kind)
         return dns_wire.refused_reply(data, q)
@@ -184,7 +265,8 @@ class DnsFilter:
         now = time.time()
         self.tally.add(DNS_QUERIES, "forwarded")
         if self.verdicts.cloaked(job.client, aliases, now):
-            return self._prepared(job, "block", now)
+            recorded = job.verdict is not None and self.recorder.writer is not None
+            return self._settle(job, "block", (), recorded=recorded, now=now, remember=False)
         if job.verdict is not None and self.recorder.wants(job.verdict[1]):
             self.recorder.emit(
                 job.client, job.verdict, now, self._extra(job, template[3] & 0x0F, now, upstream)
@@ -219,16 +301,6 @@ class DnsFilter:
     def _servfail(self, job: Lookup) -> bytes:
         """SERVFAIL for the job's question (all upstreams failed, or too many lookups)."""
         return dns_wire.patch(self.answers.servfail(job.q), job.query, job.q)
-
-    def _prepared(self, job: Lookup, kind: str, now: float) -> bytes:
-        """A blocked or bypass-name answer from the prepared templates (id patched)."""
-        template = self.answers.prepared(job.q, kind)
-        self.tally.add(DNS_QUERIES, kind)
-        if job.verdict is not None and self.recorder.writer is not None:
-            extra = self._extra(job, template[3] & 0x0F, now)
-            extra["aupguard.dns.outcome"] = kind
-            self.recorder.emit(job.client, job.verdict, now, extra)
-        return self._fit(dns_wire.patch(template, job.query, job.q), job.q, udp=job.udp)
 
     def _record_failure(self, job: Lookup, error: str) -> None:
         if job.verdict is None or self.recorder.writer is None:

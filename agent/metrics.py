@@ -53,6 +53,9 @@ SPOOL_DEPTH = Gauge(
 RELOADS = Counter("aupguard_reloads", "Config/list reloads by result.", ["result"])
 
 
+TallyKey = tuple[Counter, tuple[str, ...]]  # a counter and its label values
+
+
 class Tally:
     """Counts kept on the hot path as plain dict adds, pushed into the counters by `flush()`.
 
@@ -64,12 +67,18 @@ class Tally:
     __slots__ = ("counts",)
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
+        self.counts: dict[TallyKey, int] = {}
 
     def add(self, counter: Counter, *labels: str) -> None:
         """Count one event for `counter` with these label values."""
         key = (counter, labels)
         self.counts[key] = self.counts.get(key, 0) + 1
+
+    def add_keys(self, keys: tuple[TallyKey, ...]) -> None:
+        """Count one event for each prepared (counter, label values) key."""
+        counts = self.counts
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
 
     def flush(self) -> None:
         """Add everything counted since the last flush to the Prometheus counters."""

@@ -24,6 +24,8 @@ from agent.records import dropped_record
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from agent.record_template import Stamp
+
 _log = get_logger(__name__)
 
 
@@ -164,8 +166,11 @@ class RecordWriter:
         """
         return self._halt is not None and self._halt.is_set()
 
-    def write(self, record: dict[str, Any]) -> bool:
-        """Queue `record` without blocking; False (and counted) when the queue is full or closed."""
+    def write(self, record: dict[str, Any] | Stamp) -> bool:
+        """Queue `record` without blocking; False (and counted) when the queue is full or closed.
+
+        A `Stamp` (template, time, DNS id) is rendered in the writer thread, off the hot path.
+        """
         with self._lock:
             if not self._closed and self._queue.qsize() < self._limit:
                 self._queue.put(record)
@@ -238,6 +243,9 @@ class RecordWriter:
 
     def _encode(self, record: object) -> str:
         try:
+            if type(record) is tuple:  # a Stamp
+                template, now, dns_id = record
+                return template.render(now, dns_id)  # type: ignore[no-any-return]
             return encode(record)
         except (TypeError, ValueError, RecursionError):  # a cycle, say: count it, keep going
             event = record.get("event") if isinstance(record, dict) else None

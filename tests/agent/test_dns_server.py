@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dnslib import RCODE, DNSRecord
+from dnslib import RCODE, RR, A, DNSRecord
 
 from agent.config import DnsRecords, DnsSection
 from agent.dns_records import Recorder
 from agent.dns_server import DnsFilter, Lookup, make_settings
+from agent.dns_wire import Question
+from agent.record_template import Stamp
 from agent.runtime import Runtime
 
 POLICY = """\
@@ -91,12 +94,18 @@ def test_make_settings_falls_back_to_resolv_conf(tmp_path: Path) -> None:
 
 
 class ListWriter:
+    """The writer's interface, keeping records as dicts (templated ones rendered, as the writer
+    thread would)."""
+
     failing_closed = False
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    def write(self, record: dict[str, Any]) -> bool:
+    def write(self, record: dict[str, Any] | Stamp) -> bool:
+        if isinstance(record, tuple):
+            template, now, dns_id = record
+            record = json.loads(template.render(now, dns_id))
         self.records.append(record)
         return True
 
@@ -157,7 +166,10 @@ def test_fail_closed_answers_servfail(runtime: Runtime) -> None:
         assert isinstance(reply, bytes)
         assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
     writer.failing_closed = False
-    assert isinstance(dns.answer(bytes(DNSRecord.question("fine.example").pack()), "127.0.0.1", 1000.0, udp=True), Lookup)
+    assert isinstance(
+        dns.answer(bytes(DNSRecord.question("fine.example").pack()), "127.0.0.1", 1000.0, udp=True),
+        Lookup,
+    )
 
 
 def test_reload_swaps_memo(runtime: Runtime, tmp_path: Path) -> None:
@@ -178,3 +190,133 @@ def test_allow_clients_membership(runtime: Runtime) -> None:
     assert not dns._is_allowed("127.0.0.1")
     assert not dns._is_allowed("not-an-ip")
     assert ipaddress.ip_network("10.0.0.0/8") in dns.allow_clients
+
+
+# --- replays: a decided answer re-sent with the client's id ------------------------------
+
+PER_QUERY = ("@timestamp", "event.id", "aupguard.reference_id", "dns.id", "network.transport")
+
+
+def query(name: str, ident: int = 1) -> bytes:
+    packet = DNSRecord.question(name)
+    packet.header.id = ident
+    return bytes(packet.pack())
+
+
+def fill_cache(dns: DnsFilter, name: str, ttl: int, now: float) -> None:
+    """Cache an upstream answer for `name` as the lookup path would."""
+    reply = DNSRecord.question(name).reply()
+    reply.add_answer(RR(name, rdata=A("192.0.2.7"), ttl=ttl))
+    result = dns.answer(query(name), "127.0.0.1", now, udp=True)
+    assert isinstance(result, Lookup)
+    q: Question = result.q
+    template, aliases = dns.answers.from_upstream(bytes(reply.pack()), q)
+    dns.cache.put((q.name, q.qtype, q.qclass, q.edns is not None), template, q.qend, now, aliases)
+
+
+def without(record: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
+    out = json.loads(json.dumps(record))
+    for path in paths:
+        *parents, leaf = path.split(".") if not path.startswith("@") else [path]
+        target = out
+        for part in parents:
+            target = target[part]
+        target.pop(leaf)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "cached"),
+    [
+        pytest.param("blocked.test", False, id="blocked"),
+        pytest.param("use-application-dns.net", False, id="canary"),
+        pytest.param("fine.example", True, id="cached"),
+    ],
+)
+def test_replay_is_a_fresh_answer(runtime: Runtime, name: str, *, cached: bool) -> None:
+    """A replayed answer has the client's id and a record equal to a fresh one's (all mode)."""
+    dns, writer = core(runtime, DnsRecords.ALL)
+    if cached:
+        fill_cache(dns, name, 300, 1000.0)
+        writer.records.clear()
+    first = dns.answer(query(name, 1), "127.0.0.1", 1000.0, udp=True)
+    again = dns.answer(query(name, 2), "127.0.0.1", 1001.0, udp=True)
+    fresh = dns.answer(query(name, 3), "127.0.0.1", 1001.0, udp=False)  # TCP: never replayed
+    assert isinstance(first, bytes)
+    assert isinstance(again, bytes)
+    assert isinstance(fresh, bytes)
+    assert (again[:2], fresh[:2]) == (b"\x00\x02", b"\x00\x03")
+    assert again[2:] == fresh[2:]
+    one, two, three = writer.records
+    assert two["dns"]["id"] == 2
+    assert two["@timestamp"] == "1970-01-01T00:16:41.000000Z"
+    assert two["event"]["id"] == two["aupguard"]["reference_id"] != one["event"]["id"]
+    assert without(one, PER_QUERY) == without(two, PER_QUERY) == without(three, PER_QUERY)
+    assert two["network"]["transport"] == "udp"
+
+
+def test_replay_counts_metrics(runtime: Runtime) -> None:
+    """Replays are counted like fresh answers."""
+    dns, _ = core(runtime)
+    for i in range(3):
+        dns.answer(query("blocked.test", i), "127.0.0.1", 1000.0 + i, udp=True)
+    counts = {labels: n for (_, labels), n in dns.tally.counts.items()}
+    assert counts[("block",)] == 3
+    assert counts[("dns", "block", "gambling")] == 3
+
+
+def test_cached_replay_counts_ttl_down(runtime: Runtime) -> None:
+    """A replayed cached answer's TTL keeps counting down; past its expiry it is looked up."""
+    dns, _ = core(runtime)
+    fill_cache(dns, "fine.example", 30, 1000.0)
+    ttls = []
+    for now in (1000.0, 1003.5, 1010.0):
+        reply = dns.answer(query("fine.example"), "127.0.0.1", now, udp=True)
+        assert isinstance(reply, bytes)
+        ttls.append(DNSRecord.parse(reply).rr[0].ttl)
+    assert ttls == [30, 27, 20]
+    assert isinstance(dns.answer(query("fine.example"), "127.0.0.1", 1031.0, udp=True), Lookup)
+
+
+def test_replay_follows_the_question_bytes(runtime: Runtime) -> None:
+    """Another client, or the same name in other letter case, is decided on its own."""
+    dns, _ = core(runtime, allow_clients="127.0.0.0/8")
+    dns.answer(query("blocked.test"), "127.0.0.1", 1000.0, udp=True)
+    reply = dns.answer(query("BLOCKED.test"), "127.0.0.2", 1000.0, udp=True)
+    assert isinstance(reply, bytes)
+    assert str(DNSRecord.parse(reply).q.qname) == "BLOCKED.test."
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param("reload", id="reload-swaps-engine"),
+        pytest.param("fail-closed", id="spool-full-fail-closed"),
+        pytest.param("rate-limit", id="rate-limit-still-applies"),
+    ],
+)
+def test_replay_stops_when_inputs_change(runtime: Runtime, tmp_path: Path, change: str) -> None:
+    """A replay never outlives a reload, fail-closed or the client's rate limit."""
+    (tmp_path / "blocked.txt").write_text("blocked.test\nlate.test\n")
+    assert runtime.reload().ok
+    dns, writer = core(runtime)
+    if change == "rate-limit":
+        dns.limiter.rate, dns.limiter.burst = 1.0, 2.0  # type: ignore[union-attr]
+    first = dns.answer(query("late.test"), "127.0.0.1", 1000.0, udp=True)
+    assert isinstance(first, bytes)
+    assert DNSRecord.parse(first).header.rcode == RCODE.NXDOMAIN
+    expected = {"reload": Lookup, "fail-closed": RCODE.SERVFAIL, "rate-limit": RCODE.REFUSED}
+    if change == "reload":
+        (tmp_path / "blocked.txt").write_text("blocked.test\n")
+        assert runtime.reload().ok
+    elif change == "fail-closed":
+        writer.failing_closed = True
+    else:
+        dns.answer(query("late.test"), "127.0.0.1", 1000.0, udp=True)  # the burst's last token
+    result = dns.answer(query("late.test"), "127.0.0.1", 1000.1, udp=True)
+    if isinstance(expected[change], type):
+        assert isinstance(result, Lookup)
+    else:
+        assert isinstance(result, bytes)
+        assert DNSRecord.parse(result).header.rcode == expected[change]
+
