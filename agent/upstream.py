@@ -85,7 +85,8 @@ class Upstream:
     def failed(self, now: float) -> None:
         """Back off exponentially from 1 s to 30 s."""
         self.failures += 1
-        self.retry_at = now + min(_BACKOFF[0] * 2 ** (self.failures - 1), _BACKOFF[1])
+        doublings = min(self.failures - 1, 16)  # 2**1024 no longer fits a float: a long outage
+        self.retry_at = now + min(_BACKOFF[0] * 2**doublings, _BACKOFF[1])
 
     def succeeded(self) -> None:
         """Healthy again."""

@@ -12,6 +12,7 @@ from dnslib import QTYPE, RR, DNSRecord
 
 from agent import dns_wire
 from agent.upstream import (
+    Upstream,
     UpstreamError,
     UpstreamPool,
     build_query,
@@ -186,3 +187,20 @@ def test_system_resolvers(tmp_path: Path, text: str, exclude: tuple[tuple[str, i
     conf.write_text(text)
     assert system_resolvers(conf, exclude) == expected
     assert system_resolvers(tmp_path / "missing") == ()
+
+
+@pytest.mark.parametrize(
+    ("failures", "wait"),
+    [
+        pytest.param(1, 1.0, id="first"),
+        pytest.param(3, 4.0, id="doubling"),
+        pytest.param(6, 30.0, id="capped"),
+        pytest.param(5_000, 30.0, id="long-outage-no-overflow"),
+    ],
+)
+def test_backoff(failures: int, wait: float) -> None:
+    """Failures back off 1 s, 2 s, 4 s... up to 30 s, however long the outage lasts."""
+    upstream = Upstream("192.0.2.53", 53)
+    for _ in range(failures):
+        upstream.failed(100.0)
+    assert upstream.retry_at == 100.0 + wait
