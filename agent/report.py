@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
 from agent.cli import command
 from agent.records import DATASET, ECS_VERSION, format_timestamp, new_event_id
 
@@ -185,8 +187,8 @@ def aggregate(lines: Iterable[str], filters: Filters) -> Usage:
         if quick(line):
             continue
         try:
-            rec = json.loads(line)
-        except ValueError:
+            rec = orjson.loads(line)  # ~3x json.loads: reports read millions of records
+        except orjson.JSONDecodeError:
             usage.skipped += bool(line.strip())
             continue
         if isinstance(rec, dict) and filters.match(rec):
