@@ -38,6 +38,17 @@ def parse_network(text: str) -> IPNetwork:
         raise ValueError("expected an address or CIDR network such as 10.0.0.0/8") from None
 
 
+def parse_seconds(text: str) -> int:
+    """A whole number of seconds, 0 or more."""
+    try:
+        seconds = int(text.strip())
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise ValueError("expected a whole number of seconds, 0 or more")
+    return seconds
+
+
 def _where() -> Any:
     return field(default="", metadata={"where": True}, compare=False)
 
@@ -217,6 +228,9 @@ class DnsSection:
     negative_ttl: int = 300  # cap on caching NXDOMAIN/NODATA (RFC 2308)
     tcp_idle_timeout: float = 10.0  # seconds a TCP client may stay silent
     tcp_max_connections: int = 256
+    # upstream answers recorded for the proxy's transparent no-decrypt check (recent_answers)
+    recent_answers: bool = True
+    recent_answers_min_ttl: int = field(default=600, metadata={"parse": parse_seconds})
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from agent.dns_records import TRIP_INTERVAL, Recorder
 from agent.dns_wire import Answers, Question
 from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally, TallyKey
 from agent.model import Client, Decision, Request
+from agent.recent_answers import AnswerRecorder
 from agent.runtime import Runtime, settle_gc
 from agent.shipping import open_writer
 from agent.throttle import ClientRateLimiter
@@ -118,6 +119,7 @@ class DnsFilter:
         self._replays: dict[tuple[str, bytes], Replay] = {}
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[CacheKey, asyncio.Future[tuple[bytes, tuple[bytes, ...], str]]] = {}
+        self.recent = AnswerRecorder.from_config(runtime.engine.config)  # for the proxy
 
     def answer(self, data: bytes, ip: str, now: float, *, udp: bool) -> bytes | Lookup | None:
         """The reply to `data` from `ip` (None: drop), or a Lookup that needs the upstreams."""
@@ -262,6 +264,11 @@ class DnsFilter:
             self._record_failure(job, str(e))
             self.tally.add(DNS_QUERIES, "servfail")
             return self._servfail(job)
+        except Exception as e:  # noqa: BLE001  (a bug costs this query a SERVFAIL, not an answer)
+            log_event("dns_lookup_failed", name=dns_wire.to_text(q.name), error=repr(e))
+            self._record_failure(job, f"internal error: {e!r}")
+            self.tally.add(DNS_QUERIES, "servfail")
+            return self._servfail(job)
         now = time.time()
         self.tally.add(DNS_QUERIES, "forwarded")
         if self.verdicts.cloaked(job.client, aliases, now):
@@ -285,6 +292,7 @@ class DnsFilter:
             reply, upstream = await self.pool.resolve(q.name, q.qtype, q.qclass)
             template, aliases = self.answers.from_upstream(reply, q)
             self.cache.put(key, template, q.qend, time.time(), aliases)
+            self.recent.record(q.name, template, time.time())  # queued: never waits
             result = (template, aliases, upstream.label)
             future.set_result(result)
         except (UpstreamError, ValueError) as e:
@@ -487,6 +495,7 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
     await sweeper
     if writer is not None:
         writer.close(timeout=5.0)
+    core.recent.close()
     log_event("dns_stopped", cache_hits=core.cache.hits, cache_misses=core.cache.misses)
 
 

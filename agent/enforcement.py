@@ -22,6 +22,7 @@ from agent.model import Action, Source
 from agent.pages import PageFacts, Pages, short_body, wants_html
 from agent.pipeline import Evaluation
 from agent.proxy_settings import EnforcerSettings
+from agent.recent_answers import RecentAnswers, store_path
 from agent.records import new_event_id
 from agent.runtime import Runtime
 from agent.shaping import Shaper
@@ -72,6 +73,16 @@ def flow_hosts(flow: http.HTTPFlow) -> list[str]:
     return list(dict.fromkeys(h for h in map(host_of, candidates) if h))
 
 
+def passthrough_fields(destination: tuple[str, int] | None, unproven: str | None) -> dict[str, Any]:
+    """Record fields of a no-decrypt host's TLS decision: passed through, or why not."""
+    extra: dict[str, Any] = {"aupguard.passthrough": unproven is None}
+    if destination is not None:
+        extra["destination.address"] = str(destination[0]).strip("[]").lower()
+    if unproven is not None:
+        extra["aupguard.passthrough_refused_reason"] = unproven
+    return extra
+
+
 class Enforcer:
     """Per-flow enforcement with the runtime's current engine."""
 
@@ -95,6 +106,7 @@ class Enforcer:
         self.users = UserMap(settings.user_map)
         self.tally = Tally()  # flushed into the Prometheus counters by the addon, once a second
         self._refused: OrderedDict[str, None] = OrderedDict()
+        self.answers = RecentAnswers(store_path(runtime.engine.config))  # opened on first use
         self.shaper: Shaper | None = None
         if settings.throttle is not None:
             throttle = Throttle(settings.throttle, self._in_throttle_schedule)
@@ -316,15 +328,36 @@ class Enforcer:
             return
         if not self.no_decrypt(ev):
             return
-        authority = data.context.server.address
-        explicit = any(m.startswith("regular") for m in modes)
-        if not explicit or authority is None or host_of(authority[0]) != sni:
-            return  # not provably where the connection goes: intercept and decide per request
-        data.ignore_connection = True
-        if ev.decision.action is Action.BLOCK:
-            self._refuse(client.id)
+        now, destination = time.time(), data.context.server.address
+        unproven = self.unproven(sni, destination, modes, now)
+        blocked = ev.decision.action is Action.BLOCK
+        if unproven is None or blocked:  # a refusal needs no proof: nothing is decrypted
+            data.ignore_connection = True
+            if blocked:
+                self._refuse(client.id)
+        # else: not provably where the connection goes: intercept and decide per request
         if ev.decision.action is not Action.ALLOW or self.settings.record_allowed:
-            self._record(ev, time.time(), extra={"aupguard.passthrough": True})
+            self._record(ev, now, extra=passthrough_fields(destination, unproven))
+
+    def unproven(
+        self, sni: str, destination: tuple[str, int] | None, modes: Iterable[str], now: float
+    ) -> str | None:
+        """None when the SNI is where the connection goes, else why that is not shown.
+
+        Explicit mode: the CONNECT authority is the SNI. Transparent mode: the original
+        destination is an address the gateway's DNS filter recently answered for the SNI.
+        """
+        if destination is None:
+            return "no_destination"
+        modes = tuple(modes)
+        explicit = any(m.startswith("regular") for m in modes)
+        if explicit and host_of(destination[0]) == sni:
+            return None
+        if any(m.startswith("transparent") for m in modes):
+            if self.answers.answered(sni, destination[0], now):
+                return None
+            return "destination_not_answered"
+        return "sni_not_connect_authority" if explicit else "mode_unverified"
 
     def _refuse(self, client_id: str) -> None:
         self._refused[client_id] = None

@@ -136,6 +136,11 @@ def test_minimal_config_loads(tmp_path: Path) -> None:
             "YAML syntax error",
             id="yaml-syntax",
         ),
+        pytest.param(
+            ("layer: statewide\n", "layer: statewide\ndns: {recent_answers_min_ttl: -5}\n"),
+            "policy.yaml:2: dns.recent_answers_min_ttl: '-5': expected a whole number of seconds, 0 or more",
+            id="negative-seconds",
+        ),
     ],
 )
 def test_config_errors_name_file_line_key_and_expectation(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from agent.config import DnsRecords, DnsSection
 from agent.dns_records import Recorder
 from agent.dns_server import DnsFilter, Lookup, make_settings
 from agent.dns_wire import Question
+from agent.recent_answers import RecentAnswers, store_path
 from agent.record_template import Stamp
 from agent.runtime import Runtime
 
@@ -320,3 +323,57 @@ def test_replay_stops_when_inputs_change(runtime: Runtime, tmp_path: Path, chang
         assert isinstance(result, bytes)
         assert DNSRecord.parse(result).header.rcode == expected[change]
 
+
+class FakeUpstream:
+    label = "192.0.2.53:53"
+
+
+@pytest.mark.parametrize(
+    ("proxy", "stored"),
+    [
+        pytest.param("proxy: {no_decrypt_hosts: [bank.test]}\n", True, id="recorded"),
+        pytest.param("", False, id="no-no-decrypt-lists-nothing-recorded"),
+    ],
+)
+def test_upstream_answer_lands_in_recent_answers(tmp_path: Path, proxy: str, stored: bool) -> None:
+    """An upstream answer (a cache fill) is recorded for the proxy; a cache hit is not."""
+    (tmp_path / "blocked.txt").write_text("blocked.test\n")
+    policy = POLICY.replace("cache_dir: cache", f"cache_dir: {tmp_path / 'cache'}") + proxy
+    (tmp_path / "policy.yaml").write_text(policy)
+    runtime = Runtime(tmp_path / "policy.yaml")
+    dns, _ = core(runtime)
+    upstream = DNSRecord.question("bank.test").reply()
+    upstream.add_answer(RR("bank.test", rdata=A("192.0.2.10"), ttl=30))
+
+    async def resolve(*_: Any) -> tuple[bytes, FakeUpstream]:
+        return bytes(upstream.pack()), FakeUpstream()
+
+    dns.pool.resolve = resolve  # type: ignore[method-assign]
+    packet = bytes(DNSRecord.question("bank.test").pack())
+    job = dns.answer(packet, "127.0.0.1", time.time(), udp=True)
+    assert isinstance(job, Lookup)
+    asyncio.run(dns.lookup(job))
+    calls: list[bytes] = []
+    dns.recent.record = lambda name, *_: calls.append(name)  # type: ignore[method-assign]
+    assert isinstance(dns.answer(packet, "127.0.0.1", time.time(), udp=False), bytes)  # cached
+    assert calls == []
+    del dns.recent.record
+    dns.recent.close()
+    reader = RecentAnswers(store_path(runtime.engine.config))
+    assert reader.answered("bank.test", "192.0.2.10", time.time()) is stored
+
+
+def test_an_internal_error_in_a_lookup_is_a_servfail(runtime: Runtime) -> None:
+    """A bug below the lookup costs that query a SERVFAIL and a failure record, nothing more."""
+    dns, writer = core(runtime, DnsRecords.ALL)
+
+    async def broken(*_: Any) -> Any:
+        raise OverflowError("int too large to convert to float")
+
+    dns.pool.resolve = broken  # type: ignore[method-assign]
+    job = dns.answer(query("fine.example"), "127.0.0.1", 1000.0, udp=True)
+    assert isinstance(job, Lookup)
+    reply = asyncio.run(dns.lookup(job))
+    assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
+    assert writer.records[-1]["aupguard"]["dns"]["outcome"] == "servfail"
+    assert "OverflowError" in writer.records[-1]["error"]["message"]

@@ -66,6 +66,7 @@ proxy:
   ca_dir: {d}/ca
   upstream_ca_file: {d}/origin-ca.pem
   record_allowed: true
+  no_decrypt_hosts: [bank.test]
   token_secret_file: {d}/continue.key
   throttle_schedule: business-hours
   throttle_threshold: 1000000
@@ -124,7 +125,8 @@ def make_pki(d: Path, t: netns.Topology) -> None:
     """The origin's test CA + leaf (all test names), and the gateway's agency CA in ca/."""
     ca_key, leaf_key, agency_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     ca = _cert("e2e origin CA", ca_key, _name("e2e origin CA"), ca_key, ca=True)
-    sans = [x509.DNSName(n) for n in ("allowed.test", "casino.test", "big.test", "*.test")]
+    names = ("allowed.test", "casino.test", "big.test", "bank.test", "*.test")
+    sans = [x509.DNSName(n) for n in names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in (t.origin4, t.origin6)]
     leaf = _cert("origin.test", leaf_key, ca.subject, ca_key, ca=False, sans=sans)
     (d / "origin-ca.pem").write_bytes(_pem(ca))
@@ -211,6 +213,18 @@ class Client:
         body = (self.d / "body").read_bytes()
         text = body.decode(errors="replace") if len(body) < 100_000 else f"<{len(body)} bytes>"
         return int(code), text, headers, took
+
+    def issuer(self, url: str, resolve: str) -> str:
+        """The certificate issuer curl is shown for `url` pinned to `resolve` (not verified)."""
+        host = url.split("/")[2]
+        addr = f"[{resolve}]" if ":" in resolve else resolve
+        argv = [
+            "curl", "-sSvk", "--max-time", "20", "--noproxy", "*",
+            "--resolve", f"{host}:443:{addr}", "-o", "/dev/null", url,
+        ]  # fmt: skip
+        out = self.t.run(self.t.client, argv, timeout=30, env=self.env)
+        found = re.search(r"issuer: (.*)", out.stderr)
+        return found.group(1).strip() if found else f"no certificate: {out.stderr[-300:]}"
 
     def dig(self, server: str, name: str, qtype: str) -> list[str]:
         out = self.t.run(
@@ -359,6 +373,23 @@ def test_gateway_end_to_end(lab: Lab) -> None:
     except AssertionError as e:
         step("block page via the DNS blockpage address", ok=False, detail=e)
 
+    # 2b. a no-decrypt host passes untouched only to an address our DNS answered for it
+    before = c.issuer("https://bank.test/", t.origin4)
+    step("no-decrypt intercepted before any DNS answer", "agency" in before, before)
+    answered = c.dig(t.lan4, "bank.test", "A")
+    step("dns bank.test A", answered == [t.origin4], answered)
+    seen = [""]
+
+    def passed() -> bool:
+        seen[0] = c.issuer("https://bank.test/", t.origin4)
+        return "origin CA" in seen[0]
+
+    with contextlib.suppress(AssertionError):
+        netns.wait_for(passed, timeout=3, what="pass-through after the DNS answer")
+    step("no-decrypt passed through to the answered address", "origin CA" in seen[0], seen[0])
+    other = c.issuer("https://bank.test/", t.origin6)  # AAAA never asked: not answered
+    step("no-decrypt intercepted to an address not answered", "agency" in other, other)
+
     # 3. QUIC (UDP/443) and DoT (853) are refused at the gateway; UDP elsewhere passes
     for fam, addr in (("4", t.origin4), ("6", t.origin6)):
         step(f"udp control v{fam}", c.probe(fam, addr, 4443, "DGRAM") == "answered")
@@ -406,6 +437,13 @@ def test_gateway_end_to_end(lab: Lab) -> None:
             ok = find(recs, url__domain="allowed.test", source__ip=ip, url__scheme=scheme,
                       event__action="allow")  # fmt: skip
             step(f"allow record {scheme} from {ip}", bool(ok))
+    bank = find(recs, tls__client__server_name="bank.test")
+    passes = find(bank, aupguard__passthrough=True, destination__address=t.origin4)
+    step("pass-through record", len(passes) == 1, [r["aupguard"] for r in bank])
+    why = "destination_not_answered"
+    refused = [r["destination"]["address"]
+               for r in find(bank, aupguard__passthrough=False, aupguard__passthrough_refused_reason=why)]  # fmt: skip
+    step("intercepted no-decrypt records say why", refused == [t.origin4, t.origin6], refused)
     throttled = find(recs, url__domain="big.test", event__action="throttle", source__ip=t.client4)
     step("throttle record", bool(throttled) and throttled[0]["aupguard"].get("throttled_bytes") == BIG,
          [r["event"] for r in find(recs, url__domain="big.test")])  # fmt: skip
