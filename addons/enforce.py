@@ -27,6 +27,7 @@ from agent import cert_errors, streamed
 from agent.config import NoticeConfig
 from agent.enforcement import CONTINUE_PATH, MARK_KEY, SECURITY_HEADERS, Enforcer
 from agent.errors import AupguardError
+from agent.passthrough import SWEEP_EVERY
 from agent.pipeline import Engine
 from agent.proxy_settings import EnforcerSettings
 from agent.runtime import Runtime, settle_gc
@@ -47,7 +48,8 @@ class Enforce:
         self._records_key: tuple[object, ...] = ()
 
     def load(self, loader: Loader) -> None:
-        """Register options."""
+        """Register options; answered uploads get their page after the body (agent.streamed)."""
+        streamed.install()
         loader.add_option("aup_policy", str, "", "aupguard baseline policy file (YAML).")
         loader.add_option("aup_records", str, "", "aupguard decision records (JSON lines file).")
         loader.add_option(
@@ -123,6 +125,7 @@ class Enforce:
             self.runtime.install_sighup(asyncio.get_running_loop())
             self.runtime.on_reload(lambda _engine: settle_gc())
         self._flush_metrics()
+        self._sweep()
         settle_gc()
         if not ctx.options.stream_large_bodies:
             # never buffer large bodies
@@ -132,6 +135,7 @@ class Enforce:
         """No-decrypt hosts pass through untouched (if SNI matches where the connection goes)."""
         if self.enforcer is not None:
             self.enforcer.on_client_hello(data, ctx.options.mode)
+            self.enforcer.on_passthrough(data, time.time())  # counted and paced like HTTP
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Refuse connections that were refused at the SNI."""
@@ -143,11 +147,12 @@ class Enforce:
         if self.enforcer is None:
             return
         self.enforcer.on_request_start(flow)
-        if flow.request.stream and flow.response is None:
+        if streamed.body_may_stream(flow.request) and flow.response is None:
             # a streamed body goes upstream before the `request` hook: decide on the headers
             self.request(flow)
-            if flow.response is not None:  # blocked or warned (recorded): no page can follow
-                streamed.refuse(flow, _proxyserver(), _running_loop())
+            if flow.response is not None:  # answered (e.g. blocked): the page after the body
+                if not streamed.answer_after_body(flow):
+                    streamed.refuse(flow, _proxyserver(), _running_loop())
             else:
                 self.enforcer.on_upload(flow, time.time())  # large uploads are paced too
 
@@ -183,6 +188,14 @@ class Enforce:
     def error(self, flow: http.HTTPFlow) -> None:
         """Finish throttling bookkeeping for a failed flow."""
         self.response(flow)
+
+    def _sweep(self) -> None:
+        """Count and pace pass-through connections from the kernel, then again shortly."""
+        import asyncio  # noqa: PLC0415
+
+        asyncio.get_running_loop().call_later(SWEEP_EVERY, self._sweep)  # first: keeps going
+        if self.enforcer is not None:
+            self.enforcer.sweep(time.time())
 
     def _flush_metrics(self) -> None:
         """Push the hot path's counts into the Prometheus counters, then again in a second."""

@@ -20,6 +20,7 @@ from agent.classifier import is_under
 from agent.metrics import DECISIONS, HTTP_REQUESTS, THROTTLED_BYTES, Tally
 from agent.model import Action, Source
 from agent.pages import PageFacts, Pages, short_body, wants_html
+from agent.passthrough import Passthroughs
 from agent.pipeline import Evaluation
 from agent.proxy_settings import EnforcerSettings
 from agent.recent_answers import RecentAnswers, store_path
@@ -108,10 +109,12 @@ class Enforcer:
         self._refused: OrderedDict[str, None] = OrderedDict()
         self.answers = RecentAnswers(store_path(runtime.engine.config))  # opened on first use
         self.shaper: Shaper | None = None
+        self.passthroughs: Passthroughs | None = None
         if settings.throttle is not None:
             throttle = Throttle(settings.throttle, self._in_throttle_schedule)
             census = PacedCensus(self.state, settings.workers) if settings.workers > 1 else None
             self.shaper = Shaper(throttle, proxyserver, census)
+            self.passthroughs = Passthroughs(self.shaper, proxyserver)
 
     def _in_throttle_schedule(self, now: float) -> bool:
         schedule = self.runtime.engine.policy.schedules.get(self.settings.throttle_schedule or "")
@@ -383,13 +386,7 @@ class Enforcer:
         if self.shaper is not None:
             paced = self.shaper.on_done(flow, now)
             if paced is not None:  # the `throttle` record that `aupguard report` counts
-                THROTTLED_BYTES.inc(paced["bytes"])
-                extra = {
-                    "event.action": "throttle",
-                    "event.duration": int(paced["duration_s"] * 1e9),
-                    "aupguard.throttled": True,
-                    "aupguard.throttled_bytes": paced["bytes"],
-                }
+                extra = _throttle_extra(paced)
                 self._record_url(flow, flow.request.pretty_url, self.user_of(flow), now, extra)
 
     def on_upload(self, flow: http.HTTPFlow, now: float) -> None:
@@ -403,6 +400,46 @@ class Enforcer:
             self.shaper.release(flow.client_conn)
 
     def on_client_gone(self, client: Any) -> None:
-        """Forget per-connection pacing state."""
+        """Forget per-connection pacing state; record a paced pass-through connection's end."""
         if self.shaper is not None:
             self.shaper.forget(client)
+        ended = self.passthroughs.close(client) if self.passthroughs is not None else None
+        if ended is None:
+            return
+        host, paced = ended
+        now = time.time()
+        try:
+            ev = self.runtime.engine.evaluate(
+                client.peername[0], host, now=now, source=Source.TLS, host_only=True
+            )
+        except ValueError:
+            return  # an address the lists cannot name: logged (throttled_transfer), not recorded
+        extra = {**_throttle_extra(paced), "aupguard.passthrough": True}
+        self._record(ev, now, extra=extra)
+
+    def on_passthrough(self, data: tls.ClientHelloData, now: float) -> None:
+        """Count (and in the schedule pace) a connection passed through undecrypted."""
+        client = data.context.client
+        if self.passthroughs is None or not data.ignore_connection or client.id in self._refused:
+            return
+        address = data.context.server.address
+        host = host_of(data.client_hello.sni) or host_of(address[0] if address else None)
+        ip = client.peername[0]
+        groups = self.runtime.engine.identity.identify(ip, self.users.lookup(ip)).groups
+        self.passthroughs.watch(client, data.context.server, host or "", groups, now)
+
+    def sweep(self, now: float) -> None:
+        """Read pass-through connections' byte counts from the kernel (every SWEEP_EVERY s)."""
+        if self.passthroughs is not None:
+            self.passthroughs.sweep(now)
+
+
+def _throttle_extra(paced: dict[str, Any]) -> dict[str, Any]:
+    """The record fields of a paced transfer (the `throttle` record `aupguard report` counts)."""
+    THROTTLED_BYTES.inc(paced["bytes"])
+    return {
+        "event.action": "throttle",
+        "event.duration": int(paced["duration_s"] * 1e9),
+        "aupguard.throttled": True,
+        "aupguard.throttled_bytes": paced["bytes"],
+    }

@@ -10,8 +10,10 @@ StreamWriter). `tests/agent/test_pacing.py` fails loudly when an upgrade changes
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
+import termios
 from typing import Any
 
 SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
@@ -21,6 +23,10 @@ UNLIMITED = 0xFFFFFFFF  # reset value: keep-alive reuses sockets for unthrottled
 COMPENSATION = 1.0
 MIN_SNDBUF = 262_144
 MAX_SNDBUF = 16 << 20
+# struct tcp_info (linux/tcp.h): __u64 tcpi_bytes_acked at byte 120 (Linux >= 4.1)
+TCP_INFO_SIZE = 136
+BYTES_ACKED = struct.Struct("=Q")
+BYTES_ACKED_AT = 120
 
 
 class PacingUnavailableError(RuntimeError):
@@ -68,3 +74,20 @@ def get_rate(sock: Any) -> int:
     """The socket's current pacing rate (bytes/s; 0xFFFFFFFF = unlimited)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, 4)
     return int(struct.unpack("I", raw)[0])
+
+
+def send_counts(sock: Any) -> tuple[int, int] | None:
+    """(acknowledged, still queued) bytes sent on `sock`; None when the socket is gone.
+
+    `tcpi_bytes_acked` and `SIOCOUTQ`: the peer gets queued bytes even after the socket is
+    closed. Pass-through connections are relayed without hooks: this is how their bytes are
+    counted.
+    """
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return None
+    if len(raw) < BYTES_ACKED_AT + BYTES_ACKED.size:
+        return None
+    return int(BYTES_ACKED.unpack_from(raw, BYTES_ACKED_AT)[0]), max(0, int(queued))

@@ -1,8 +1,10 @@
-"""Applies `agent.throttle` decisions to mitmproxy flows: stream, count, pace, log.
+"""Applies `agent.throttle` decisions to transfers: stream, count, pace, log.
 
 Large bodies are streamed (never buffered); every streamed chunk is counted in the client's
-byte window; once a transfer is paced its socket gets its fair share of the client's and the
-aggregate pool (`agent.pacing`), re-balanced whenever a paced transfer starts or ends.
+byte window; once a transfer is paced its sockets get their fair share of the client's and
+the aggregate pool (`agent.pacing`), re-balanced whenever a paced transfer starts or ends.
+A transfer is an HTTP download, an HTTP upload or a pass-through connection
+(`agent.passthrough`, which counts from the kernel instead of a stream callable).
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ log = structlog.get_logger("aupguard.throttle")
 
 @dataclass(slots=True)
 class Transfer:
-    """One paced transfer: its flow and counters for the log line."""
+    """One paced transfer: the sockets it paces and counters for the log line."""
 
-    flow: http.HTTPFlow
+    client_conn: Any  # the client connection whose handler holds the sockets
+    targets: tuple[Any, ...]  # the connections whose sockets are paced
     client: str
+    host: str
     started: float
+    direction: str = "download"  # download (client socket), upload (server), passthrough (both)
     paced_bytes: int = 0
-    upload: bool = False  # paces the server socket (the request body) instead of the client's
+    applied: bool = False  # an upload's server socket is paced from its first chunk
 
 
 class Shaper:
-    """Per-flow throttling for the enforce addon."""
+    """Per-transfer throttling for the enforce addon."""
 
     def __init__(
         self, throttle: Throttle, proxyserver: Callable[[], Any], census: PacedCensus | None = None
@@ -46,7 +51,7 @@ class Shaper:
         self._elsewhere: dict[str, int] | None = {}
         self._synced = 0.0
         self.throttle = throttle
-        self._proxyserver = proxyserver
+        self.proxyserver = proxyserver
         self._paced: dict[str, Transfer] = {}
         self._draining: dict[str, Any] = {}  # client connection id -> connection still paced
 
@@ -63,37 +68,36 @@ class Shaper:
             resp.stream = self._counter(flow, client)
 
     def on_request_headers(self, flow: http.HTTPFlow, groups: Iterable[str], now: float) -> None:
-        """Pace a large upload (request Content-Length over the threshold) on the server socket.
+        """Count a streamed or unknown-size upload; pace it once it is (or turns out) large.
 
-        Only streamed bodies (mitmproxy streams those over `stream_large_bodies`): the server
-        connection is known at the first chunk, where the rate is applied.
+        An upload of unknown size (chunked) is streamed from its first byte. The server socket
+        is paced: it exists from the body's first chunk on, where the rate is applied.
         """
-        size = _content_length(flow.request)
-        if not flow.request.stream or size is None or size <= self.throttle.spec.threshold:
+        req = flow.request
+        size = _content_length(req)
+        if (not req.stream and size is not None) or self.throttle.exempt(req.pretty_host, groups):
             return
-        client = flow.client_conn.peername[0]
-        if self.throttle.exempt(flow.request.pretty_host, groups):
-            return
-        if not self.throttle.should_pace(client, size, now):
-            return
-        key = _upload_key(flow)
-        self._paced[key] = Transfer(flow, client, now, upload=True)
-        self.throttle.start(key, client)
-        self._sync(now)
-        applied = False
+        client, key = flow.client_conn.peername[0], _upload_key(flow)
+        if self.throttle.should_pace(client, size, now):
+            self.begin(key, _upload(flow, client, now), now, apply=False)
 
         def count(chunk: bytes) -> bytes:
-            nonlocal applied
+            now = time.time()
+            total = self.throttle.window.add(client, len(chunk), now)
             transfer = self._paced.get(key)
+            over = total > self.throttle.spec.threshold
+            if transfer is None and over and self.throttle.should_pace(client, None, now):
+                transfer = self.begin(key, _upload(flow, client, now), now, apply=False)
             if transfer is not None:
                 transfer.paced_bytes += len(chunk)
-                if not applied:  # the server connection exists from the first chunk on
-                    applied = True
-                    self._rebalance()
-            self.throttle.window.add(client, len(chunk), time.time())
+                if not transfer.applied:  # the server connection is chosen by now
+                    transfer.targets, transfer.applied = (flow.server_conn,), True
+                    self.rebalance()
+                else:
+                    self._resync(now)
             return chunk
 
-        flow.request.stream = count
+        req.stream = count
 
     def _counter(self, flow: http.HTTPFlow, client: str) -> Callable[[bytes], bytes]:
         def count(chunk: bytes) -> bytes:
@@ -102,9 +106,7 @@ class Shaper:
             transfer = self._paced.get(flow.id)
             if transfer is not None:
                 transfer.paced_bytes += len(chunk)
-                if self._census is not None and now - self._synced >= SYNC_EVERY:
-                    self._sync(now)
-                    self._rebalance()
+                self._resync(now)
             elif total > self.throttle.spec.threshold and self.throttle.should_pace(
                 client, None, now
             ):
@@ -114,71 +116,77 @@ class Shaper:
         return count
 
     def _start(self, flow: http.HTTPFlow, client: str, now: float) -> None:
-        self._paced[flow.id] = Transfer(flow, client, now)
-        self.throttle.start(flow.id, client)
-        self._sync(now)
-        self._rebalance()
+        conn = flow.client_conn
+        self.begin(flow.id, Transfer(conn, (conn,), client, flow.request.pretty_host, now), now)
 
-    def _rebalance(self) -> None:
-        server = self._proxyserver()
+    def begin(self, key: str, transfer: Transfer, now: float, *, apply: bool = True) -> Transfer:
+        """Register a paced transfer and re-balance every paced socket (unless `apply` waits)."""
+        self._paced[key] = transfer
+        self.throttle.start(key, transfer.client)
+        self._sync(now)
+        if apply:
+            transfer.applied = True
+            self.rebalance()
+        return transfer
+
+    def paced(self, key: str) -> Transfer | None:
+        """The paced transfer under `key`, if any."""
+        return self._paced.get(key)
+
+    def _resync(self, now: float) -> None:
+        """With several workers, re-read the others' counts now and then and re-balance."""
+        if self._census is not None and now - self._synced >= SYNC_EVERY:
+            self._sync(now)
+            self.rebalance()
+
+    def rebalance(self) -> None:
+        """Give every paced transfer's sockets its current share."""
+        server = self.proxyserver()
         for key, rate in self.rates().items():
             transfer = self._paced.get(str(key))
-            if transfer is None:
+            if transfer is None or not transfer.applied:
                 continue
-            conn = transfer.flow.client_conn
-            target = transfer.flow.server_conn if transfer.upload else conn
-            sock = pacing.connection_socket(server, conn, target)
-            if sock is None:
-                if not transfer.upload:  # an upload's server socket may not be open yet
-                    log.warning("pacing_unavailable", flow=transfer.flow.id, reason="socket gone")
-                continue
-            pacing.set_rate(sock, rate)
+            for target in transfer.targets:
+                sock = pacing.connection_socket(server, transfer.client_conn, target)
+                if sock is not None:
+                    pacing.set_rate(sock, rate)
+                elif transfer.direction == "download":  # an upload's socket may not be open yet
+                    log.warning("pacing_unavailable", transfer=key, reason="socket gone")
 
     def on_done(self, flow: http.HTTPFlow, now: float) -> dict[str, Any] | None:
         """Count buffered bodies; end a paced transfer's share, log it and return its summary.
 
-        The socket stays paced: mitmproxy finishes a flow when the body is handed to the
-        transport, not when the client has it. `release` resets it at the connection's next
-        request (keep-alive reuses sockets) or its end.
+        A download's socket stays paced: mitmproxy finishes a flow when the body is handed to
+        the transport, not when the client has it. `release` resets it at the connection's
+        next request (keep-alive reuses sockets) or its end. An upload's server socket is
+        unpaced at once (upstream connections are reused).
         """
-        upload = self._finish_upload(flow, now)
-        transfer = self._paced.pop(flow.id, None)
-        if transfer is None and upload is not None:
+        upload = self.end(_upload_key(flow), now, unpace=True)
+        if flow.id not in self._paced:
+            client = flow.client_conn.peername[0]
+            for message in (flow.request, flow.response):
+                if message is not None and not message.stream and message.raw_content:
+                    self.throttle.window.add(client, len(message.raw_content), now)
             return upload
-        if transfer is None:
-            resp = flow.response
-            if resp is not None and not resp.stream and resp.raw_content:
-                self.throttle.window.add(flow.client_conn.peername[0], len(resp.raw_content), now)
-            return None
-        rate = self.throttle.rates().get(flow.id, 1)
-        self.throttle.finish(flow.id)
         self._draining[flow.client_conn.id] = flow.client_conn
-        self._sync(now)
-        self._rebalance()
-        took = max(now - transfer.started, transfer.paced_bytes / rate)
-        summary = {
-            "bytes": transfer.paced_bytes,
-            "duration_s": round(took, 3),
-            "avg_rate": round(transfer.paced_bytes / took),
-        }
-        log.info(
-            "throttled_transfer", client=transfer.client, host=flow.request.pretty_host, **summary
-        )
-        return summary
+        return self.end(flow.id, now)
 
-    def _finish_upload(self, flow: http.HTTPFlow, now: float) -> dict[str, Any] | None:
-        """End a paced upload: unpace its server socket (reused by later requests), log it."""
-        key = _upload_key(flow)
-        transfer = self._paced.pop(key, None)
+    def end(self, key: str, now: float, *, unpace: bool = False) -> dict[str, Any] | None:
+        """End a paced transfer: free its share, log it; its summary (None if not paced)."""
+        transfer = self._paced.get(key)
         if transfer is None:
             return None
-        rate = self.throttle.rates().get(key, 1)
+        rate = self.rates().get(key, 1)
+        del self._paced[key]
         self.throttle.finish(key)
-        sock = pacing.connection_socket(self._proxyserver(), flow.client_conn, flow.server_conn)
-        if sock is not None:
-            pacing.set_rate(sock, None)
+        if unpace:
+            server = self.proxyserver()
+            for target in transfer.targets:
+                sock = pacing.connection_socket(server, transfer.client_conn, target)
+                if sock is not None:
+                    pacing.set_rate(sock, None)
         self._sync(now)
-        self._rebalance()
+        self.rebalance()
         took = max(now - transfer.started, transfer.paced_bytes / rate, 1e-3)
         summary = {
             "bytes": transfer.paced_bytes,
@@ -187,7 +195,7 @@ class Shaper:
         }
         log.info(
             "throttled_transfer",
-            client=transfer.client, host=flow.request.pretty_host, direction="upload", **summary,
+            client=transfer.client, host=transfer.host, direction=transfer.direction, **summary,
         )  # fmt: skip
         return summary
 
@@ -224,13 +232,18 @@ class Shaper:
         conn = self._draining.pop(client.id, None)
         if conn is None:
             return
-        sock = pacing.connection_socket(self._proxyserver(), conn, conn)
+        sock = pacing.connection_socket(self.proxyserver(), conn, conn)
         if sock is not None:
             pacing.set_rate(sock, None)
 
     def forget(self, client: Any) -> None:
         """The client connection closed: nothing left to unpace."""
         self._draining.pop(client.id, None)
+
+
+def _upload(flow: http.HTTPFlow, client: str, now: float) -> Transfer:
+    conn = flow.client_conn
+    return Transfer(conn, (flow.server_conn,), client, flow.request.pretty_host, now, "upload")
 
 
 def _upload_key(flow: http.HTTPFlow) -> str:

@@ -104,6 +104,10 @@ class Throttle:
         parts = host.split(".")
         return any(".".join(parts[i:]) in self.spec.exempt_hosts for i in range(len(parts)))
 
+    def in_schedule(self, now: float) -> bool:
+        """True while the throttle schedule is active."""
+        return self._in_schedule(now)
+
     def should_pace(self, client: str, size: int | None, now: float) -> bool:
         """True in the schedule when `size` or the client's recent bytes pass the threshold.
 

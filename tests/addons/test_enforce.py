@@ -17,6 +17,7 @@ with warnings.catch_warnings():  # pyparsing deprecations inside mitmproxy's flo
     from mitmproxy.test import taddons, tflow, tutils
 
     from addons import enforce
+from agent import streamed
 from agent.enforcement import CONTINUE_PATH
 
 POLICY = """\
@@ -461,26 +462,41 @@ def test_tls_clienthello(addon_ctx, sni, authority, ip, ignored, refused):
 
 
 @pytest.mark.parametrize(
-    ("url", "stream", "killed", "actions"),
+    ("url", "headers", "stream", "answered", "actions"),
     [
-        pytest.param("http://casino.test/up", True, True, ["block"], id="streamed-blocked-killed"),
-        pytest.param("http://games.test/up", True, True, ["warn"], id="streamed-warned-killed"),
-        pytest.param("http://social.test/up", True, False, ["log"], id="streamed-logged-passes"),
-        pytest.param("http://casino.test/up", False, False, [], id="buffered-decided-later"),
+        pytest.param("http://casino.test/up", {}, True, True, ["block"], id="streamed-blocked"),
+        pytest.param("http://games.test/up", {}, True, True, ["warn"], id="streamed-warned"),
+        pytest.param(
+            "http://casino.test/up", {"transfer-encoding": "chunked"}, False, True, ["block"],
+            id="chunked-blocked-on-headers",
+        ),
+        pytest.param("http://social.test/up", {}, True, False, ["log"], id="streamed-logged-passes"),
+        pytest.param(
+            "http://social.test/up", {"transfer-encoding": "chunked"}, False, False, ["log"],
+            id="chunked-logged-passes",
+        ),
+        pytest.param("http://casino.test/up", {}, False, False, [], id="buffered-decided-later"),
     ],
-)
-def test_streamed_upload_decided_on_headers(addon_ctx, url, stream, killed, actions):
-    """A body mitmproxy streams is decided at requestheaders, before any of it goes upstream."""
+)  # fmt: skip
+def test_upload_decided_on_headers(addon_ctx, url, headers, stream, answered, actions):
+    """A body mitmproxy streams (or may) is decided at requestheaders; answered ones get the page
+    after the body is read and dropped (never a reset, nothing upstream)."""
     addon, _ = addon_ctx
     flow = make_flow(url)
     flow.request.method = "POST"
+    flow.request.headers.update(headers)
     flow.request.stream = stream
     flow.live = True
     addon.requestheaders(flow)
-    assert flow.response is None
-    assert (flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE) is killed
+    assert flow.error is None  # never killed while the body can be dropped
+    assert (flow.response is not None) is answered
     assert [r["event"]["action"] for r in addon.writer.records] == actions
-    if not stream:  # the ordinary `request` hook decides it; nothing is decided twice
+    if answered:
+        assert flow.response.status_code == 403
+        assert flow.response.headers["connection"] == "close"
+        assert flow.request.stream is False  # buffered and dropped chunk by chunk, not sent
+        assert flow.metadata[streamed.DROPPED] == 0
+    if not stream and not headers:  # the ordinary `request` hook decides it, once
         addon.request(flow)
         assert flow.response is not None
         assert flow.response.status_code == 403

@@ -97,7 +97,11 @@ def setup_upload(size, *, stream=True, active=True):
     shaper = Shaper(Throttle(spec, lambda _n: active), lambda: server)
     f = tflow.tflow()
     f.request.method = "POST"
-    f.request.headers["content-length"] = str(size)
+    if size is None:
+        f.request.headers.pop("content-length", None)
+        f.request.headers["transfer-encoding"] = "chunked"
+    else:
+        f.request.headers["content-length"] = str(size)
     f.request.stream = stream
     handler = Handler(f.client_conn, client_sock)
     handler.transports[f.server_conn] = IO(server_sock)
@@ -105,27 +109,51 @@ def setup_upload(size, *, stream=True, active=True):
     return shaper, f, client_sock, server_sock
 
 
+PACED = [int(500 * pacing.COMPENSATION)]
+
+
 @pytest.mark.parametrize(
-    ("size", "stream", "active", "groups", "paced"),
+    ("size", "stream", "active", "groups", "chunks", "counted", "paced_from"),
     [
-        pytest.param(500_000, True, True, (), True, id="large-streamed-upload-paced"),
-        pytest.param(50_000, True, True, (), False, id="below-threshold"),
-        pytest.param(500_000, False, True, (), False, id="buffered-body"),
-        pytest.param(500_000, True, False, (), False, id="outside-schedule"),
-        pytest.param(500_000, True, True, ("backup",), False, id="exempt-group"),
+        pytest.param(500_000, True, True, (), [1000], True, 0, id="large-streamed-upload-paced"),
+        pytest.param(50_000, True, True, (), [1000], True, None, id="below-threshold-counted"),
+        pytest.param(500_000, False, True, (), [], False, None, id="buffered-body"),
+        pytest.param(500_000, True, False, (), [1000], True, None, id="outside-schedule"),
+        pytest.param(500_000, True, True, ("backup",), [], False, None, id="exempt-group"),
+        pytest.param(
+            None, False, True, (), [60_000, 60_000, 1000], True, 1, id="chunked-paced-once-over"
+        ),
+        pytest.param(None, False, True, (), [60_000], True, None, id="chunked-small-unpaced"),
+        pytest.param(None, False, False, (), [200_000], True, None, id="chunked-outside-schedule"),
     ],
 )
-def test_upload_paced_on_server_socket(size, stream, active, groups, paced):
-    """A large streamed upload in the schedule paces the server socket, unpaced when done."""
+def test_upload_paced_on_server_socket(size, stream, active, groups, chunks, counted, paced_from):
+    """Streamed (or unknown-size) uploads are counted; in the schedule, once over the threshold
+    by Content-Length or by their counted bytes, the server socket is paced, unpaced when done."""
     shaper, f, client_sock, server_sock = setup_upload(size, stream=stream, active=active)
     shaper.on_request_headers(f, groups, 10.0)
-    assert callable(f.request.stream) is paced
-    if paced:
-        assert f.request.stream(b"x" * 1000) == b"x" * 1000
-    assert server_sock.rates == ([int(500 * pacing.COMPENSATION)] if paced else [])
+    assert callable(f.request.stream) is counted
+    for i, chunk in enumerate(chunks):
+        assert f.request.stream(b"x" * chunk) == b"x" * chunk
+        assert server_sock.rates == (PACED if paced_from is not None and i >= paced_from else [])
     assert client_sock.rates == []  # the download side is untouched
+    window = shaper.throttle.window.total("127.0.0.1", 10.0)
     summary = shaper.on_done(f, 12.0)
-    assert (summary is not None) is paced
-    if paced:
-        assert summary["bytes"] == 1000
+    assert (summary is not None) is (paced_from is not None)
+    if summary is not None:
+        assert summary["bytes"] == sum(chunks[paced_from:])
         assert server_sock.rates[-1] == pacing.UNLIMITED  # the server socket may be reused
+    assert window == sum(chunks)  # every streamed byte counts in the client's window
+
+
+def test_upload_paces_the_server_connection_chosen_after_headers():
+    """mitmproxy picks the server connection after requestheaders: the first chunk finds it."""
+    shaper, f, _client_sock, old_sock = setup_upload(500_000)
+    shaper.on_request_headers(f, (), 10.0)
+    reused, reused_sock = tflow.tserver_conn(), Sock()
+    shaper_server = shaper.proxyserver()
+    shaper_server.connections[f.client_conn.id].transports[reused] = IO(reused_sock)
+    f.server_conn = reused
+    f.request.stream(b"x")
+    assert reused_sock.rates == PACED
+    assert old_sock.rates == []

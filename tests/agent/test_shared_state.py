@@ -188,6 +188,7 @@ def paced(shaper: Shaper, server: Server, ip: str, now: float) -> Sock:
     f.client_conn.peername = (ip, 40000)
     server.connections[f.client_conn.id] = Handler(f.client_conn, sock)
     shaper.on_response_headers(f, (), now)
+    sock.stream = f.response.stream  # the transfer's counting callable
     return sock
 
 
@@ -229,8 +230,7 @@ def test_counts_follow_transfers_and_resync(tmp_path: Path):
     shaper = Shaper(Throttle(SPEC, lambda _n: True), lambda: server, PacedCensus(mine, 2, 1))
     sock = paced(shaper, server, "10.0.0.1", 1_000.0)
     assert sock.rates[-1] == 8_000
-    (flow_id,) = shaper._paced
-    count = shaper._paced[flow_id].flow.response.stream
+    count = sock.stream
     theirs.publish_paced(2, {"10.0.0.2": 3}, time.time()).result(5)
     count(b"x")  # the last exchange was long ago (at t=1000): re-read and re-balance
     assert sock.rates[-1] == 2_500  # aggregate 10,000 over 4 transfers on the host

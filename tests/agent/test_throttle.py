@@ -68,6 +68,7 @@ def test_should_pace(active, size, recent, expected):
     if recent:
         t.window.add("10.0.0.1", recent, 5.0)
     assert t.should_pace("10.0.0.1", size, 5.0) is expected
+    assert t.in_schedule(5.0) is active
 
 
 @pytest.mark.parametrize(

@@ -161,15 +161,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     uploads: ClassVar[list[tuple[str, int]]] = []  # (path, bytes) of every POST received
+    progress: ClassVar[dict[str, list[tuple[int, float]]]] = {}  # path -> (bytes so far, when)
 
     def do_POST(self) -> None:
-        size = int(self.headers.get("content-length") or 0)
-        received = 0
-        while received < size:  # bounded by the declared length
-            chunk = self.rfile.read(min(65536, size - received))
-            if not chunk:
-                break
-            received += len(chunk)
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            received = self._read_chunked()
+        else:
+            received = self._read_exactly(int(self.headers.get("content-length") or 0))
         Handler.uploads.append((self.path, received))
         body = f"origin-post:{received}".encode()
         self.send_response(200)
@@ -177,6 +175,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _read_exactly(self, size: int) -> int:
+        received = 0
+        progress = Handler.progress.setdefault(self.path, [])
+        base = progress[-1][0] if progress else 0
+        while received < size:  # bounded by the declared length
+            chunk = self.rfile.read(min(65536, size - received))
+            if not chunk:
+                break
+            received += len(chunk)
+            progress.append((base + received, time.monotonic()))
+        return received
+
+    def _read_chunked(self, max_chunks: int = 100_000) -> int:
+        received = 0
+        for _ in range(max_chunks):  # bounded: a test body has far fewer chunks
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                break
+            received += self._read_exactly(size)
+            self.rfile.readline()  # the CRLF after the chunk
+        return received
 
     def log_message(self, *args) -> None:
         pass
