@@ -208,3 +208,15 @@ _BY_SOURCE, _BY_RANK = attrgetter("category", "source"), attrgetter("rank")
 
 def _by_source(m: Match) -> tuple[str, str]:
     return (m.category or "", m.source)
+
+
+def host_of(value: str | None) -> str | None:
+    """A host name without port, trailing dot or brackets, lower-cased; None for none."""
+    if not value:
+        return None
+    h = value.strip().lower()
+    if h.startswith("["):
+        h = h[1:].partition("]")[0]
+    elif h.count(":") == 1:
+        h = h.partition(":")[0]
+    return h.rstrip(".") or None

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from mitmproxy import http, tls
 
 from agent.acknowledge import Acknowledgments
-from agent.classifier import is_under
+from agent.classifier import host_of
 from agent.metrics import DECISIONS, HTTP_REQUESTS, THROTTLED_BYTES, Tally
 from agent.model import Action, Source
 from agent.pages import PageFacts, Pages, short_body, wants_html
@@ -33,7 +33,13 @@ from agent.shared_state import (
     after_commit,
 )
 from agent.throttle import Throttle
-from agent.tls_policy import no_sni_record, refuses_without_sni
+from agent.tls_policy import (
+    no_decrypt,
+    no_sni_record,
+    passthrough_fields,
+    refuses_without_sni,
+    unproven_destination,
+)
 from agent.tokens import Grant, TokenError, TokenSigner
 from agent.usermap import UserMap
 
@@ -49,18 +55,6 @@ SECURITY_HEADERS = {
 Emit = Callable[[dict[str, Any]], None]
 
 
-def host_of(value: str | None) -> str | None:
-    """A host name without port, trailing dot or brackets, lower-cased; None for none."""
-    if not value:
-        return None
-    h = value.strip().lower()
-    if h.startswith("["):
-        h = h[1:].partition("]")[0]
-    elif h.count(":") == 1:
-        h = h.partition(":")[0]
-    return h.rstrip(".") or None
-
-
 def flow_hosts(flow: http.HTTPFlow) -> list[str]:
     """Every distinct host this request names: URL/Host header, SNI and CONNECT authority."""
     server = flow.server_conn.address[0] if flow.server_conn.address else None
@@ -72,16 +66,6 @@ def flow_hosts(flow: http.HTTPFlow) -> list[str]:
         server,
     )
     return list(dict.fromkeys(h for h in map(host_of, candidates) if h))
-
-
-def passthrough_fields(destination: tuple[str, int] | None, unproven: str | None) -> dict[str, Any]:
-    """Record fields of a no-decrypt host's TLS decision: passed through, or why not."""
-    extra: dict[str, Any] = {"aupguard.passthrough": unproven is None}
-    if destination is not None:
-        extra["destination.address"] = str(destination[0]).strip("[]").lower()
-    if unproven is not None:
-        extra["aupguard.passthrough_refused_reason"] = unproven
-    return extra
 
 
 class Enforcer:
@@ -301,13 +285,6 @@ class Enforcer:
 
     # --- TLS ----------------------------------------------------------------------------
 
-    def no_decrypt(self, ev: Evaluation) -> bool:
-        """True for hosts/categories that must not be decrypted."""
-        s = self.settings
-        if s.no_decrypt_categories.intersection(ev.decision.categories):
-            return True
-        return is_under(ev.request.host, s.no_decrypt_hosts)
-
     def on_client_hello(self, data: tls.ClientHelloData, modes: Iterable[str]) -> None:
         """Pass no-decrypt hosts through when the SNI is where the connection goes."""
         sni, client = host_of(data.client_hello.sni), data.context.client
@@ -329,10 +306,10 @@ class Enforcer:
             )
         except ValueError:
             return
-        if not self.no_decrypt(ev):
+        if not no_decrypt(self.settings, ev):
             return
         now, destination = time.time(), data.context.server.address
-        unproven = self.unproven(sni, destination, modes, now)
+        unproven = unproven_destination(sni, destination, tuple(modes), self.answers, now)
         blocked = ev.decision.action is Action.BLOCK
         if unproven is None or blocked:  # a refusal needs no proof: nothing is decrypted
             data.ignore_connection = True
@@ -341,26 +318,6 @@ class Enforcer:
         # else: not provably where the connection goes: intercept and decide per request
         if ev.decision.action is not Action.ALLOW or self.settings.record_allowed:
             self._record(ev, now, extra=passthrough_fields(destination, unproven))
-
-    def unproven(
-        self, sni: str, destination: tuple[str, int] | None, modes: Iterable[str], now: float
-    ) -> str | None:
-        """None when the SNI is where the connection goes, else why that is not shown.
-
-        Explicit mode: the CONNECT authority is the SNI. Transparent mode: the original
-        destination is an address the gateway's DNS filter recently answered for the SNI.
-        """
-        if destination is None:
-            return "no_destination"
-        modes = tuple(modes)
-        explicit = any(m.startswith("regular") for m in modes)
-        if explicit and host_of(destination[0]) == sni:
-            return None
-        if any(m.startswith("transparent") for m in modes):
-            if self.answers.answered(sni, destination[0], now):
-                return None
-            return "destination_not_answered"
-        return "sni_not_connect_authority" if explicit else "mode_unverified"
 
     def _refuse(self, client_id: str) -> None:
         self._refused[client_id] = None

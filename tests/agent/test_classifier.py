@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.classifier import Classifier, _split_slow, is_under, normalize_host, split_url
+from agent.classifier import Classifier, _split_slow, host_of, is_under, normalize_host, split_url
 from agent.index import CompiledIndex, build_index, load_index, open_index
 from agent.lists import ListFormat, ListSource
 from agent.model import Match
@@ -440,3 +440,19 @@ def test_is_under(host: str, expected: bool) -> None:
     """A host is under a domain at label boundaries only; an empty set matches nothing."""
     assert is_under(host, frozenset({"bank.test"})) is expected
     assert not is_under(host, frozenset())
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("Example.COM.", "example.com", id="case-and-dot"),
+        pytest.param("example.com:8443", "example.com", id="port"),
+        pytest.param("[2001:db8::1]:443", "2001:db8::1", id="v6-bracketed"),
+        pytest.param("2001:db8::1", "2001:db8::1", id="v6-bare"),
+        pytest.param("", None, id="empty"),
+        pytest.param(None, None, id="none"),
+    ],
+)
+def test_host_of(value: str | None, expected: str | None) -> None:
+    """Hosts are compared lower-case without port, brackets or trailing dot."""
+    assert host_of(value) == expected

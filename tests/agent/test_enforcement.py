@@ -21,24 +21,8 @@ with warnings.catch_warnings():  # pyparsing deprecations inside mitmproxy's imp
     warnings.simplefilter("ignore", DeprecationWarning)
     from mitmproxy.test import tflow
 
-    from agent.enforcement import Enforcer, flow_hosts, host_of
+    from agent.enforcement import Enforcer, flow_hosts
     from tests.addons.test_enforce import client_hello, write_policy
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        pytest.param("Example.COM.", "example.com", id="case-and-dot"),
-        pytest.param("example.com:8443", "example.com", id="port"),
-        pytest.param("[2001:db8::1]:443", "2001:db8::1", id="v6-bracketed"),
-        pytest.param("2001:db8::1", "2001:db8::1", id="v6-bare"),
-        pytest.param("", None, id="empty"),
-        pytest.param(None, None, id="none"),
-    ],
-)
-def test_host_of(value, expected):
-    """Hosts are compared lower-case without port, brackets or trailing dot."""
-    assert host_of(value) == expected
 
 
 def test_flow_hosts_distinct():
