@@ -58,10 +58,11 @@ Emit = Callable[[dict[str, Any]], None]
 def flow_hosts(flow: http.HTTPFlow) -> list[str]:
     """Every distinct host this request names: URL/Host header, SNI and CONNECT authority."""
     server = flow.server_conn.address[0] if flow.server_conn.address else None
+    host_header = flow.request.host_header  # host_of strips the port (pretty_host re-parses)
     candidates = (
-        flow.request.pretty_host,
+        host_header or flow.request.host,
         flow.request.host,
-        flow.request.host_header,
+        host_header,
         flow.client_conn.sni,
         server,
     )
