@@ -35,7 +35,7 @@ from dnslib import QTYPE, DNSError, DNSRecord
 
 from agent.config import Config
 from agent.dns_wire import label_wire, to_text
-from agent.shared_state import READ_BUSY_MS, WRITE_BUSY_MS, _connect
+from agent.shared_state import READ_BUSY_MS, WRITE_BUSY_MS, connect, prepare_store
 
 STORE_FILE = "dns-answers.sqlite3"
 QUEUE_MAX = 10_000  # upstream replies waiting for the writer thread
@@ -67,17 +67,7 @@ def store_path(config: Config) -> Path:
 
 def prepare(path: Path, busy_ms: int = WRITE_BUSY_MS) -> None:
     """Create the store (WAL, schema, mode 0600) if needed; OSError when it cannot be used."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        init = _connect(path, busy_ms)
-        try:
-            init.execute("PRAGMA journal_mode=WAL")
-            init.executescript(_SCHEMA)
-        finally:
-            init.close()
-        path.chmod(0o600)
-    except sqlite3.Error as e:
-        raise OSError(f"{path}: {e}") from e
+    prepare_store(path, _SCHEMA, busy_ms)
 
 
 def normalise_address(text: str) -> str:
@@ -287,7 +277,7 @@ class AnswerRecorder:
             return None
         try:
             prepare(self.path)
-            conn = _connect(self.path, WRITE_BUSY_MS)
+            conn = connect(self.path, WRITE_BUSY_MS)
             conn.execute("PRAGMA synchronous=NORMAL")  # a cache: no fsync per commit
         except (OSError, sqlite3.Error) as e:
             self._failures.failed(e)
@@ -351,7 +341,7 @@ class RecentAnswers:
             return None
         try:
             prepare(self.path, READ_BUSY_MS)  # the proxy may start before the DNS filter
-            conn = self._local.conn = _connect(self.path, READ_BUSY_MS)
+            conn = self._local.conn = connect(self.path, READ_BUSY_MS)
         except (OSError, sqlite3.Error) as e:
             self._failures.failed(e)
             return None

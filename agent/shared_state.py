@@ -55,10 +55,26 @@ PACED_MAX_AGE = 5.0  # a worker's paced-transfer counts older than this are igno
 log = structlog.get_logger("aupguard.state")
 
 
-def _connect(path: Path, busy_ms: int) -> sqlite3.Connection:
+def connect(path: Path, busy_ms: int) -> sqlite3.Connection:
+    """An autocommit connection that waits at most `busy_ms` for another writer."""
     conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     return conn
+
+
+def prepare_store(path: Path, schema: str, busy_ms: int = WRITE_BUSY_MS) -> None:
+    """Create a store (WAL, `schema`, mode 0600) if needed; OSError when it cannot be used."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        init = connect(path, busy_ms)
+        try:
+            init.execute("PRAGMA journal_mode=WAL")
+            init.executescript(schema)
+        finally:
+            init.close()
+        path.chmod(0o600)
+    except sqlite3.Error as e:
+        raise OSError(f"{path}: {e}") from e
 
 
 class SharedState:
@@ -67,7 +83,7 @@ class SharedState:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.prepare(path)
-        self._reader = _connect(path, READ_BUSY_MS)
+        self._reader = connect(path, READ_BUSY_MS)
         self._reader_thread = threading.get_ident()
         self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = threading.Lock()  # the cache is written from the writer thread too
@@ -78,17 +94,7 @@ class SharedState:
     @staticmethod
     def prepare(path: Path) -> None:
         """Create the store (WAL, schema, mode 0600) if needed; OSError when it cannot be used."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            init = _connect(path, WRITE_BUSY_MS)
-            try:
-                init.execute("PRAGMA journal_mode=WAL")
-                init.executescript(_SCHEMA)
-            finally:
-                init.close()
-            path.chmod(0o600)
-        except sqlite3.Error as e:
-            raise OSError(f"{path}: {e}") from e
+        prepare_store(path, _SCHEMA)
 
     def until(self, subject: str, scope: str, now: float) -> float | None:
         """When `subject`'s grant for `scope` ends, or None when there is none (or it ended)."""
@@ -139,7 +145,7 @@ class SharedState:
     def _thread_conn(self, busy_ms: int) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = _connect(self.path, busy_ms)
+            conn = self._local.conn = connect(self.path, busy_ms)
         return conn
 
     def _write(self, subject: str, scope: str, until: float) -> None:

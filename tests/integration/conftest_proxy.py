@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -256,6 +256,16 @@ class Proxy:
                     break
             time.sleep(0.05)
         return [json.loads(x) for x in lines]
+
+    def wait_record(self, match: Callable[[dict], bool], timeout: float = 5.0) -> dict:
+        """The first record `match` accepts, polled for at most `timeout` s (writes are async)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((x for x in self.read_records(1, timeout=0.2) if match(x)), None)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        return {"event": {}}
 
 
 def write_lists(d: Path) -> None:

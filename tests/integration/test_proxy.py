@@ -168,17 +168,6 @@ def test_no_decrypt_passthrough(proxy_mitmdump, proxy_origins, proxy_pki):
         assert c.get(f"https://localhost:{proxy_origins.https}/bank").text == "origin:/bank"
 
 
-def _wait_record(proxy, match) -> dict:
-    """The first record `match` accepts, polled for at most 5 s (the writer is asynchronous)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        found = next((x for x in proxy.read_records(1, timeout=0.2) if match(x)), None)
-        if found is not None:
-            return found
-        time.sleep(0.05)
-    return {"event": {}}
-
-
 @pytest.mark.parametrize(
     ("headers", "ctype"),
     [
@@ -199,7 +188,7 @@ def test_invalid_upstream_cert_never_reaches_user(proxy_mitmdump, proxy_origins,
         assert "This site could not be reached safely" in r.text
         assert ref in r.text
         assert "127.0.0.1" in r.text
-    rec = _wait_record(proxy_mitmdump, lambda x: x["event"]["id"] == ref)
+    rec = proxy_mitmdump.wait_record(lambda x: x["event"]["id"] == ref)
     assert rec["event"]["action"] == "error"
     assert rec["event"]["outcome"] == "failure"
     assert "self-signed" in rec["error"]["message"]
@@ -264,7 +253,7 @@ def test_streamed_upload_decided_first(proxy_mitmdump, proxy_origins, path, pass
     received = [n for p, n in Handler.uploads if p == path]
     assert received == ([2_000_000] if passes else [])
     if not passes:
-        rec = _wait_record(proxy_mitmdump, lambda r: path in r.get("url", {}).get("full", ""))
+        rec = proxy_mitmdump.wait_record(lambda r: path in r.get("url", {}).get("full", ""))
         assert rec["event"]["action"] == "block"
 
 
@@ -389,7 +378,7 @@ def test_throttled_upload_rate(proxy_throttled, proxy_origins):
     assert r.text == f"origin-post:{size}"
     rate = size / took  # socket buffers let the first ~1 MB through at once: allow 30 % over
     assert THROTTLE_RATE * 0.7 <= rate <= THROTTLE_RATE * 1.3, f"{rate:.0f} B/s vs {THROTTLE_RATE}"
-    rec = _wait_record(proxy_throttled, lambda x: x["event"].get("action") == "throttle"
+    rec = proxy_throttled.wait_record(lambda x: x["event"].get("action") == "throttle"
                        and "/paced-upload" in x.get("url", {}).get("full", ""))  # fmt: skip
     assert rec["aupguard"]["throttled_bytes"] == size
 

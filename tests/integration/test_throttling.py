@@ -30,17 +30,6 @@ pytestmark = pytest.mark.integration
 CURL = shutil.which("curl")
 
 
-def _wait_record(proxy, match, timeout: float = 5.0) -> dict:
-    """The first record `match` accepts, polled for at most `timeout` s (writes are async)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = next((x for x in proxy.read_records(1, timeout=0.2) if match(x)), None)
-        if found is not None:
-            return found
-        time.sleep(0.05)
-    return {"event": {}}
-
-
 def _curl_upload(proxy, url: str, size: int, headers: tuple[str, ...]) -> tuple[int, str, str]:
     """POST `size` bytes through the proxy with curl; (status, reference header, body)."""
     assert CURL is not None
@@ -79,7 +68,7 @@ def test_blocked_upload_gets_page(request, proxy_mitmdump, proxy_origins, header
     assert ref in body
     assert took < within
     assert [n for p, n in Handler.uploads if p == path] == []
-    rec = _wait_record(proxy_mitmdump, lambda r: r["event"].get("id") == ref)
+    rec = proxy_mitmdump.wait_record(lambda r: r["event"].get("id") == ref)
     assert rec["event"]["action"] == "block"
 
 
@@ -103,7 +92,7 @@ def test_throttled_chunked_upload_rate(proxy_throttled, proxy_origins):
     rate = (progress[-1][0] - first[0]) / (progress[-1][1] - first[1])
     print(f"chunked upload at the origin: {rate:.0f} B/s for {THROTTLE_RATE} B/s")
     assert abs(rate - THROTTLE_RATE) / THROTTLE_RATE <= 0.15, f"{rate:.0f} B/s"
-    rec = _wait_record(proxy_throttled, lambda x: x["event"].get("action") == "throttle"
+    rec = proxy_throttled.wait_record(lambda x: x["event"].get("action") == "throttle"
                        and path in x.get("url", {}).get("full", ""))  # fmt: skip
     assert size - 2_000_000 <= rec["aupguard"]["throttled_bytes"] <= size
 
@@ -171,8 +160,7 @@ def test_passthrough_paced(
     )
     print(f"pass-through {source}: {rate:.0f} B/s for {THROTTLE_RATE} B/s")
     assert abs(rate - THROTTLE_RATE) / THROTTLE_RATE <= 0.15, f"{rate:.0f} B/s"
-    rec = _wait_record(
-        proxy_throttled,
+    rec = proxy_throttled.wait_record(
         lambda x: (
             x["event"].get("action") == "throttle"
             and x["aupguard"].get("passthrough")
