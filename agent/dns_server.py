@@ -46,7 +46,8 @@ from agent.writer import RecordWriter
 
 GC_YOUNG = 50_000  # young-generation threshold: records are short-lived (runtime.settle_gc)
 MAX_INFLIGHT = 2048  # distinct questions waiting for upstreams (each holds a socket)
-MAX_REPLAYS = 65_536  # remembered answers (client, question); emptied when full
+MAX_REPLAYS = 32_768  # remembered answers (client, question); emptied when full
+MAX_REPLAY_SIZE = 512  # larger answers are not remembered: replays stay under ~40 MiB
 Counts = tuple[TallyKey, ...]  # the metrics an answer counts
 _TASKS: set[asyncio.Task[Any]] = set()
 
@@ -202,7 +203,7 @@ class DnsFilter:
         counts = (*counts, (DNS_QUERIES, (kind,)))
         self.tally.add_keys(counts)
         fitted = self._fit(reply, q, udp=job.udp)
-        replayable = remember and job.udp and fitted is reply
+        replayable = remember and job.udp and fitted is reply and len(reply) <= MAX_REPLAY_SIZE
         template = None
         if recorded and job.verdict is not None:
             extra = self._extra(job, reply[3] & 0x0F, now, "cache" if entry else "")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dnslib import RCODE, RR, A, DNSRecord
+from dnslib import EDNS0, RCODE, RR, A, DNSRecord
 
 from agent.config import DnsRecords, DnsSection
 from agent.dns_records import Recorder
@@ -377,3 +377,34 @@ def test_an_internal_error_in_a_lookup_is_a_servfail(runtime: Runtime) -> None:
     assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
     assert writer.records[-1]["aupguard"]["dns"]["outcome"] == "servfail"
     assert "OverflowError" in writer.records[-1]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("records", "remembered"),
+    [
+        pytest.param(1, True, id="small-answer"),
+        pytest.param(40, False, id="over-512-bytes-not-remembered"),
+    ],
+)
+def test_only_small_answers_are_remembered(
+    runtime: Runtime, records: int, *, remembered: bool
+) -> None:
+    """Replays are bounded in bytes as well as in number (the memory stays small)."""
+    dns, _ = core(runtime)
+    packet = DNSRecord.question("big.example")
+    packet.add_ar(EDNS0(udp_len=4096))  # so that the client takes the large answer over UDP
+    asked = bytes(packet.pack())
+    reply = DNSRecord.question("big.example").reply()
+    for i in range(records):
+        reply.add_answer(RR("big.example", rdata=A(f"192.0.2.{i + 1}"), ttl=300))
+    job = dns.answer(asked, "127.0.0.1", 1000.0, udp=True)
+    assert isinstance(job, Lookup)
+    q = job.q
+    template, aliases = dns.answers.from_upstream(bytes(reply.pack()), q)
+    dns.cache.put(
+        (q.name, q.qtype, q.qclass, q.edns is not None), template, q.qend, 1000.0, aliases
+    )
+    answer = dns.answer(asked, "127.0.0.1", 1000.0, udp=True)
+    assert isinstance(answer, bytes)
+    assert len(DNSRecord.parse(answer).rr) == records  # answered in full, not truncated
+    assert bool(dns._replays) is remembered  # internal: a replay answers exactly like this
