@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from agent.record_template import RecordTemplate
     from agent.runtime import Runtime
 
-CacheKey = tuple[bytes, int, int, bool]  # (wire name, qtype, qclass, client sent EDNS)
+CacheKey = tuple[bytes, int, int, bool, bool]  # Question.key: name, type, class, EDNS, DO
 
 
 @dataclass(slots=True)

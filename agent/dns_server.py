@@ -149,7 +149,7 @@ class DnsFilter:
         job = Lookup(data, q, client, verdict, now, udp)
         kind, counts = self._prepared_kind(q, verdict)
         if kind is None:
-            entry = self.cache.get((q.name, q.qtype, q.qclass, q.edns is not None), now)
+            entry = self.cache.get(q.key, now)
             if entry is None:
                 self.tally.add_keys(counts)
                 return job if len(self._inflight) < MAX_INFLIGHT else self._servfail(job)
@@ -258,7 +258,7 @@ class DnsFilter:
     async def lookup(self, job: Lookup) -> bytes:
         """Resolve through the cache-filling upstream path; SERVFAIL when every upstream fails."""
         q = job.q
-        key = (q.name, q.qtype, q.qclass, q.edns is not None)
+        key = q.key
         try:
             template, aliases, upstream = await self._shared(key, q)
         except (UpstreamError, ValueError) as e:
@@ -290,7 +290,9 @@ class DnsFilter:
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            reply, upstream = await self.pool.resolve(q.name, q.qtype, q.qclass)
+            reply, upstream = await self.pool.resolve(
+                q.name, q.qtype, q.qclass, dnssec_ok=q.dnssec_ok
+            )
             template, aliases = self.answers.from_upstream(reply, q)
             self.cache.put(key, template, q.qend, time.time(), aliases)
             self.recent.record(q.name, template, time.time())  # queued: never waits

@@ -65,7 +65,8 @@ class Question:
     """The one question of a plain query.
 
     `name` is the lower-cased wire name; `qend` is the offset just past QTYPE/QCLASS;
-    `edns` is the client's UDP payload size (None without OPT); `flags` the header flags.
+    `edns` is the client's UDP payload size (None without OPT); `flags` the header flags;
+    `dnssec_ok` the OPT record's DO bit (RFC 3225: the client wants DNSSEC records).
     """
 
     id: int
@@ -75,6 +76,12 @@ class Question:
     qclass: int
     qend: int
     edns: int | None
+    dnssec_ok: bool = False
+
+    @property
+    def key(self) -> tuple[bytes, int, int, bool, bool]:
+        """What an answer to this question depends on: name, type, class, EDNS and DO."""
+        return (self.name, self.qtype, self.qclass, self.edns is not None, self.dnssec_ok)
 
 
 def read_name(data: bytes, offset: int) -> tuple[bytes, int] | None:
@@ -111,25 +118,26 @@ def parse_query(data: bytes) -> Question | None:
     name, off = read
     qtype, qclass = _HH.unpack_from(data, off)
     qend = off + 4
-    edns = None
+    edns, dnssec_ok = None, False
     if ar:
-        edns = _read_opt(data, qend)
-        if edns is None:
+        opt = _read_opt(data, qend)
+        if opt is None:
             return None
+        edns, dnssec_ok = opt
     elif qend != len(data):
         return None
-    return Question(ident, flags, name.translate(_LOWER), qtype, qclass, qend, edns)
+    return Question(ident, flags, name.translate(_LOWER), qtype, qclass, qend, edns, dnssec_ok)
 
 
-def _read_opt(data: bytes, offset: int) -> int | None:
-    """The payload size of an OPT record that ends the message exactly; else None."""
+def _read_opt(data: bytes, offset: int) -> tuple[int, bool] | None:
+    """(payload size, DO bit) of an OPT record that ends the message exactly; else None."""
     if len(data) < offset + 11 or data[offset] != 0:
         return None
     rtype, size = _HH.unpack_from(data, offset + 1)
     rdlen = int.from_bytes(data[offset + 9 : offset + 11])
     if rtype != T_OPT or offset + 11 + rdlen != len(data):
         return None
-    return max(int(size), 512)
+    return max(int(size), 512), bool(data[offset + 7] & 0x80)  # TTL: rcode, version, DO|Z
 
 
 def suffixes(name: bytes) -> list[bytes]:
@@ -293,8 +301,8 @@ def make_reply(q: Question, rcode: int, *sections: list[Any]) -> bytes:
         auth=auth,
         ar=ar,
     )
-    if q.edns is not None:
-        rec.add_ar(EDNS0(udp_len=EDNS_SIZE))
+    if q.edns is not None:  # the DO bit is echoed (RFC 3225)
+        rec.add_ar(EDNS0(udp_len=EDNS_SIZE, flags="do" if q.dnssec_ok else ""))
     return bytes(rec.pack())
 
 
@@ -315,7 +323,7 @@ class Answers:
             if not self.addrs:
                 raise ValueError("dns.block_mode blockpage needs dns.blockpage_ipv4 or _ipv6")
         self.max_entries = max_entries
-        self._prepared: dict[tuple[bytes, int, int, bool, str], bytes] = {}
+        self._prepared: dict[tuple[bytes, int, int, bool, bool, str], bytes] = {}
 
     def special(self, name: bytes) -> str | None:
         """`nxdomain`/`nodata` for a bypass name, else None."""
@@ -323,7 +331,7 @@ class Answers:
 
     def prepared(self, q: Question, kind: str) -> bytes:
         """The template for `kind` (block, nxdomain, nodata) answering `q`, built once."""
-        key = (q.name, q.qtype, q.qclass, q.edns is not None, kind)
+        key = (*q.key, kind)
         wire = self._prepared.get(key)
         if wire is None:
             if len(self._prepared) >= self.max_entries:
@@ -392,6 +400,7 @@ class Answers:
         clean = data[:4] + b"\x00\x01\x00\x00\x00\x00" + (b"\x00\x01" if opt else b"\x00\x00")
         clean += label_wire(question.qname) + struct.pack("!HH", question.qtype, question.qclass)
         if opt:
-            clean += b"\x00" + struct.pack("!HHIH", T_OPT, max(opt[0].rclass, 512), 0, 0)
+            flags = opt[0].ttl & 0x8000  # keep the DO bit only
+            clean += b"\x00" + struct.pack("!HHIH", T_OPT, max(opt[0].rclass, 512), flags, 0)
         q = parse_query(clean)
         return (clean, q) if q is not None else (error_reply(data, RCODE_FORMERR), None)

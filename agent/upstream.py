@@ -95,10 +95,13 @@ class Upstream:
         self.answered += 1
 
 
-def build_query(ident: int, name: bytes, qtype: int, qclass: int) -> bytes:
-    """A recursive query with EDNS0 (payload 1232) for a wire name."""
+def build_query(
+    ident: int, name: bytes, qtype: int, qclass: int, *, dnssec_ok: bool = False
+) -> bytes:
+    """A recursive query with EDNS0 (payload 1232, DO as the client asked) for a wire name."""
     header = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 1)
-    opt = b"\x00" + struct.pack("!HHIH", dns_wire.T_OPT, _EDNS_SIZE, 0, 0)
+    flags = 0x8000 if dnssec_ok else 0  # OPT TTL: extended rcode, version, DO|Z
+    opt = b"\x00" + struct.pack("!HHIH", dns_wire.T_OPT, _EDNS_SIZE, flags, 0)
     return header + name + struct.pack("!HH", qtype, qclass) + opt
 
 
@@ -143,7 +146,9 @@ class UpstreamPool:
         resting = sorted((u for u in self.upstreams if u.retry_at > now), key=lambda u: u.retry_at)
         return healthy + resting
 
-    async def resolve(self, name: bytes, qtype: int, qclass: int) -> tuple[bytes, Upstream]:
+    async def resolve(
+        self, name: bytes, qtype: int, qclass: int, *, dnssec_ok: bool = False
+    ) -> tuple[bytes, Upstream]:
         """The upstream's reply (id random, to be re-stamped) and who answered; UpstreamError.
 
         A SERVFAIL/REFUSED reply moves on to the next upstream without marking the first
@@ -154,7 +159,8 @@ class UpstreamPool:
         fallback: tuple[bytes, Upstream] | None = None
         for upstream in self.order(time.monotonic()):
             try:
-                reply = await self._ask(upstream, name, qtype, qclass)
+                query = build_query(secrets.randbits(16), name, qtype, qclass, dnssec_ok=dnssec_ok)
+                reply = await self._ask(upstream, query, dns_wire.HEADER + len(name) + 4)
             except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as e:
                 upstream.failed(time.monotonic())
                 errors.append(f"{upstream.label}: {type(e).__name__} {e}".strip())
@@ -168,9 +174,7 @@ class UpstreamPool:
             return fallback
         raise UpstreamError("; ".join(errors))
 
-    async def _ask(self, upstream: Upstream, name: bytes, qtype: int, qclass: int) -> bytes:
-        query = build_query(secrets.randbits(16), name, qtype, qclass)
-        qend = dns_wire.HEADER + len(name) + 4
+    async def _ask(self, upstream: Upstream, query: bytes, qend: int) -> bytes:
         async with asyncio.timeout(self.timeout):
             reply = await self._udp(upstream, query, qend)
             if reply[2] & 0x02:  # TC: the full answer needs TCP

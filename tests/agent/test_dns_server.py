@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dnslib import EDNS0, RCODE, RR, A, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSRecord
 
 from agent.config import DnsRecords, DnsSection
 from agent.dns_records import Recorder
@@ -214,7 +214,7 @@ def fill_cache(dns: DnsFilter, name: str, ttl: int, now: float) -> None:
     assert isinstance(result, Lookup)
     q: Question = result.q
     template, aliases = dns.answers.from_upstream(bytes(reply.pack()), q)
-    dns.cache.put((q.name, q.qtype, q.qclass, q.edns is not None), template, q.qend, now, aliases)
+    dns.cache.put(q.key, template, q.qend, now, aliases)
 
 
 def without(record: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
@@ -345,7 +345,7 @@ def test_upstream_answer_lands_in_recent_answers(tmp_path: Path, proxy: str, sto
     upstream = DNSRecord.question("bank.test").reply()
     upstream.add_answer(RR("bank.test", rdata=A("192.0.2.10"), ttl=30))
 
-    async def resolve(*_: Any) -> tuple[bytes, FakeUpstream]:
+    async def resolve(*_: Any, **__: Any) -> tuple[bytes, FakeUpstream]:
         return bytes(upstream.pack()), FakeUpstream()
 
     dns.pool.resolve = resolve  # type: ignore[method-assign]
@@ -367,7 +367,7 @@ def test_an_internal_error_in_a_lookup_is_a_servfail(runtime: Runtime) -> None:
     """A bug below the lookup costs that query a SERVFAIL and a failure record, nothing more."""
     dns, writer = core(runtime, DnsRecords.ALL)
 
-    async def broken(*_: Any) -> Any:
+    async def broken(*_: Any, **__: Any) -> Any:
         raise OverflowError("int too large to convert to float")
 
     dns.pool.resolve = broken  # type: ignore[method-assign]
@@ -401,10 +401,31 @@ def test_only_small_answers_are_remembered(
     assert isinstance(job, Lookup)
     q = job.q
     template, aliases = dns.answers.from_upstream(bytes(reply.pack()), q)
-    dns.cache.put(
-        (q.name, q.qtype, q.qclass, q.edns is not None), template, q.qend, 1000.0, aliases
-    )
+    dns.cache.put(q.key, template, q.qend, 1000.0, aliases)
     answer = dns.answer(asked, "127.0.0.1", 1000.0, udp=True)
     assert isinstance(answer, bytes)
     assert len(DNSRecord.parse(answer).rr) == records  # answered in full, not truncated
     assert bool(dns._replays) is remembered  # internal: a replay answers exactly like this
+
+
+def test_do_and_plain_questions_are_resolved_and_cached_apart(runtime: Runtime) -> None:
+    """A DNSSEC-aware client gets an answer fetched with DO; a plain one never gets it."""
+    dns, _ = core(runtime)
+    asked: list[bool] = []
+
+    async def resolve(*_: Any, dnssec_ok: bool = False) -> tuple[bytes, FakeUpstream]:
+        asked.append(dnssec_ok)
+        reply = DNSRecord.question("signed.example").reply()
+        reply.add_answer(RR("signed.example", rdata=A("192.0.2.9"), ttl=300))
+        return bytes(reply.pack()), FakeUpstream()
+
+    dns.pool.resolve = resolve  # type: ignore[method-assign]
+    for do in (True, False, True):
+        packet = DNSRecord.question("signed.example")
+        packet.add_ar(EDNS0(udp_len=1232, flags="do" if do else ""))
+        result = dns.answer(bytes(packet.pack()), "127.0.0.1", time.time(), udp=True)
+        if isinstance(result, Lookup):
+            result = asyncio.run(dns.lookup(result))
+        opt = [rr for rr in DNSRecord.parse(result).ar if rr.rtype == QTYPE.OPT]
+        assert bool(opt[0].ttl & 0x8000) is do
+    assert asked == [True, False]  # the third came from the cache

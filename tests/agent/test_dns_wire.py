@@ -15,10 +15,10 @@ from agent.config import BlockMode, DnsSection
 HEADER = bytes.fromhex("abcd01000001000000000000")
 
 
-def query(name: str, qtype: str = "A", *, edns: bool = False) -> bytes:
+def query(name: str, qtype: str = "A", *, edns: bool = False, do: bool = False) -> bytes:
     rec = DNSRecord.question(name, qtype)
-    if edns:
-        rec.add_ar(EDNS0(udp_len=4096))
+    if edns or do:
+        rec.add_ar(EDNS0(udp_len=4096, flags="do" if do else ""))
     return bytes(rec.pack())
 
 
@@ -244,3 +244,32 @@ def test_fuzz_valid_names_round_trip(labels: list[str], qtype: str) -> None:
     assert q is not None
     assert q.name == dns_wire.to_wire(name)
     assert q.qtype == getattr(QTYPE, qtype)
+
+
+@pytest.mark.parametrize(
+    ("packet", "dnssec_ok"),
+    [
+        pytest.param(query("example.com"), False, id="no-edns"),
+        pytest.param(query("example.com", edns=True), False, id="edns-without-do"),
+        pytest.param(query("example.com", do=True), True, id="do"),
+    ],
+)
+def test_dnssec_ok_is_read_echoed_and_keyed(packet: bytes, *, dnssec_ok: bool) -> None:
+    """The DO bit is read, echoed in prepared answers (RFC 3225) and part of the answer key."""
+    q = dns_wire.parse_query(packet)
+    assert q is not None
+    assert q.dnssec_ok is dnssec_ok
+    assert q.key[-1] is dnssec_ok
+    reply = DNSRecord.parse(dns_wire.Answers(DnsSection()).prepared(q, "block"))
+    opts = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
+    assert bool(opts and opts[0].ttl & 0x8000) is dnssec_ok
+
+
+def test_normalise_keeps_the_do_bit() -> None:
+    """An unusual query rewritten for the fast path still asks for DNSSEC records."""
+    rec = DNSRecord.question("Example.com", "A")
+    rec.add_ar(*DNSRecord.question("x.com").reply().rr)
+    rec.add_ar(EDNS0(udp_len=1232, flags="do"))
+    _, q = dns_wire.Answers(DnsSection()).normalise(bytes(rec.pack()))
+    assert q is not None
+    assert q.dnssec_ok

@@ -175,13 +175,25 @@ def test_no_upstreams_is_an_error() -> None:
     ("text", "exclude", "expected"),
     [
         pytest.param("nameserver 10.255.255.53\n", (), (("10.255.255.53", 53),), id="one"),
-        pytest.param("# c\nsearch x\nnameserver ::1\nnameserver 192.0.2.1\n", (), (("::1", 53), ("192.0.2.1", 53)), id="several-and-v6"),
+        pytest.param(
+            "# c\nsearch x\nnameserver ::1\nnameserver 192.0.2.1\n",
+            (),
+            (("::1", 53), ("192.0.2.1", 53)),
+            id="several-and-v6",
+        ),
         pytest.param("nameserver fe80::1%eth0\n", (), (("fe80::1", 53),), id="scope-id-dropped"),
-        pytest.param("nameserver 127.0.0.1\n", (("127.0.0.1", 53),), (), id="own-listener-excluded"),
+        pytest.param(
+            "nameserver 127.0.0.1\n", (("127.0.0.1", 53),), (), id="own-listener-excluded"
+        ),
         pytest.param("options ndots:2\n", (), (), id="none"),
     ],
 )
-def test_system_resolvers(tmp_path: Path, text: str, exclude: tuple[tuple[str, int], ...], expected: tuple[tuple[str, int], ...]) -> None:
+def test_system_resolvers(
+    tmp_path: Path,
+    text: str,
+    exclude: tuple[tuple[str, int], ...],
+    expected: tuple[tuple[str, int], ...],
+) -> None:
     """With no dns.upstreams, the host's own resolvers are used, never our own listener."""
     conf = tmp_path / "resolv.conf"
     conf.write_text(text)
@@ -204,3 +216,11 @@ def test_backoff(failures: int, wait: float) -> None:
     for _ in range(failures):
         upstream.failed(100.0)
     assert upstream.retry_at == 100.0 + wait
+
+
+@pytest.mark.parametrize("dnssec_ok", [False, True])
+def test_build_query_passes_the_do_bit(*, dnssec_ok: bool) -> None:
+    """The upstream query asks for DNSSEC records exactly when the client did."""
+    rec = DNSRecord.parse(build_query(7, NAME, QTYPE.A, 1, dnssec_ok=dnssec_ok))
+    (opt,) = [rr for rr in rec.ar if rr.rtype == QTYPE.OPT]
+    assert bool(opt.ttl & 0x8000) is dnssec_ok

@@ -254,6 +254,8 @@ def test_slow_tcp_client_does_not_stall_others(dns_server: DnsProcess) -> None:
         pytest.param(["+tcp", "allowed.test", "AAAA"], "2001:db8::1", id="tcp-aaaa"),
         pytest.param(["+noedns", "big.test"], "198.51.100.100", id="tc-retry-tcp"),
         pytest.param(["+noedns", "+ignore", "big.test"], "flags: qr tc", id="tc-flag"),
+        pytest.param(["+dnssec", "allowed.test"], "; EDNS: version: 0, flags: do;", id="do-echoed"),
+        pytest.param(["+dnssec", "blocked.test"], "; EDNS: version: 0, flags: do;", id="do-block"),
     ],
 )
 def test_dig(dns_server: DnsProcess, args: list[str], expect: str) -> None:
