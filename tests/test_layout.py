@@ -32,7 +32,9 @@ def test_module_has_a_test_file(module: str) -> None:
     """tests/<package>/test_<module>.py exists, or the module is listed with a reason."""
     path = Path(module)
     expected = ROOT / "tests" / path.parent / f"test_{path.stem}.py"
-    assert expected.exists() or module in COVERED_ELSEWHERE, f"{module}: add {expected.relative_to(ROOT)}"
+    assert expected.exists() or module in COVERED_ELSEWHERE, (
+        f"{module}: add {expected.relative_to(ROOT)}"
+    )
 
 
 def test_exemptions_are_current() -> None:

@@ -17,20 +17,64 @@ AUPGUARD = Path(sys.executable).with_name("aupguard")
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     if not AUPGUARD.exists():
         pytest.skip(f"console script {AUPGUARD} not installed: run `make test`, which installs it")
-    return subprocess.run([str(AUPGUARD), *args], capture_output=True, text=True, timeout=60, check=False, cwd=cwd)
+    return subprocess.run(
+        [str(AUPGUARD), *args], capture_output=True, text=True, timeout=60, check=False, cwd=cwd
+    )
 
 
 @pytest.mark.parametrize(
     ("url", "client", "at", "action", "category", "rule"),
     [
-        pytest.param("https://mail.yahoo.com/", "10.20.1.5", "2026-11-23T10:00", "block", "webmail", "personal-use", id="webmail"),
-        pytest.param("https://aws.amazon.com/", "10.20.1.5", "2026-11-23T10:00", "allow", None, "default", id="aws-console-not-shopping"),
-        pytest.param("https://www.indeed.com/", "10.20.30.7", "2026-11-23T10:00", "allow", "jobsearch", "exception:hr-job-boards", id="hr-exception"),
-        pytest.param("https://www.indeed.com/", "10.20.1.5", "2026-11-23T10:00", "block", "jobsearch", "personal-use", id="jobsearch"),
-        pytest.param("https://www.nasa.gov/", "10.20.1.5", "2026-11-23T10:00", "allow", None, "default", id="gov"),
+        pytest.param(
+            "https://mail.yahoo.com/",
+            "10.20.1.5",
+            "2026-11-23T10:00",
+            "block",
+            "webmail",
+            "personal-use",
+            id="webmail",
+        ),
+        pytest.param(
+            "https://aws.amazon.com/",
+            "10.20.1.5",
+            "2026-11-23T10:00",
+            "allow",
+            None,
+            "default",
+            id="aws-console-not-shopping",
+        ),
+        pytest.param(
+            "https://www.indeed.com/",
+            "10.20.30.7",
+            "2026-11-23T10:00",
+            "allow",
+            "jobsearch",
+            "exception:hr-job-boards",
+            id="hr-exception",
+        ),
+        pytest.param(
+            "https://www.indeed.com/",
+            "10.20.1.5",
+            "2026-11-23T10:00",
+            "block",
+            "jobsearch",
+            "personal-use",
+            id="jobsearch",
+        ),
+        pytest.param(
+            "https://www.nasa.gov/",
+            "10.20.1.5",
+            "2026-11-23T10:00",
+            "allow",
+            None,
+            "default",
+            id="gov",
+        ),
     ],
 )
-def test_classify_json(url: str, client: str, at: str, action: str, category: str | None, rule: str) -> None:
+def test_classify_json(
+    url: str, client: str, at: str, action: str, category: str | None, rule: str
+) -> None:
     """`classify --json` prints category, action, rule and reason for the shipped policy."""
     proc = run("classify", url, "--client", client, "--at", at, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -89,7 +133,13 @@ def test_lists_stats() -> None:
 
 def test_python_dash_m() -> None:
     """`python -m agent` is the same command."""
-    proc = subprocess.run([sys.executable, "-m", "agent", "--version"], capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 0
     assert proc.stdout.startswith("aupguard ")
 
@@ -97,7 +147,14 @@ def test_python_dash_m() -> None:
 def test_classify_writes_the_record(tmp_path: Path) -> None:
     """`classify --records FILE` appends one ECS record stamped with the notice version."""
     out = tmp_path / "records.jsonl"
-    proc = run("classify", "https://mail.yahoo.com/?password=hunter2", "--client", "10.20.1.5", "--records", str(out))
+    proc = run(
+        "classify",
+        "https://mail.yahoo.com/?password=hunter2",
+        "--client",
+        "10.20.1.5",
+        "--records",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     (line,) = out.read_text().splitlines()
     record = json.loads(line)

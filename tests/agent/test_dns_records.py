@@ -16,7 +16,9 @@ from tests.agent.test_dns_server import POLICY, ListWriter
 @pytest.fixture
 def runtime(tmp_path: Path) -> Runtime:
     (tmp_path / "blocked.txt").write_text("blocked.test\n")
-    (tmp_path / "policy.yaml").write_text(POLICY.replace("cache_dir: cache", f"cache_dir: {tmp_path / 'cache'}"))
+    (tmp_path / "policy.yaml").write_text(
+        POLICY.replace("cache_dir: cache", f"cache_dir: {tmp_path / 'cache'}")
+    )
     return Runtime(tmp_path / "policy.yaml")
 
 
@@ -29,7 +31,9 @@ def runtime(tmp_path: Path) -> Runtime:
         pytest.param(DnsRecords.OFF, "blocked.test", False, id="off-block"),
     ],
 )
-def test_which_queries_are_recorded(runtime: Runtime, mode: DnsRecords, name: str, wanted: bool) -> None:
+def test_which_queries_are_recorded(
+    runtime: Runtime, mode: DnsRecords, name: str, wanted: bool
+) -> None:
     """Default records non-allow decisions, `all` every query, `off` none."""
     recorder = Recorder(mode, ListWriter(), runtime)  # type: ignore[arg-type]
     ev = runtime.engine.evaluate("127.0.0.1", name, source=Source.DNS, host_only=True)

@@ -10,8 +10,12 @@ from agent.config import GroupConfig
 from agent.identity import Identity
 
 GROUPS = {
-    "staff": GroupConfig(networks=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))),
-    "hr": GroupConfig(networks=(ipaddress.ip_network("10.20.30.0/24"),), user_groups=("HR-Recruiting",)),
+    "staff": GroupConfig(
+        networks=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+    ),
+    "hr": GroupConfig(
+        networks=(ipaddress.ip_network("10.20.30.0/24"),), user_groups=("HR-Recruiting",)
+    ),
     "auditors": GroupConfig(users=("Alice",)),
 }
 
@@ -31,7 +35,9 @@ GROUPS = {
         pytest.param("not-an-ip", None, (), set(), id="garbage-address"),
     ],
 )
-def test_identify(ip: str, user: str | None, user_groups: tuple[str, ...], expected: set[str]) -> None:
+def test_identify(
+    ip: str, user: str | None, user_groups: tuple[str, ...], expected: set[str]
+) -> None:
     """The client is in every group its address, name or directory groups put it in."""
     client = Identity(GROUPS).identify(ip, user, user_groups)
     assert client.groups == expected

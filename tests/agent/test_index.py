@@ -123,5 +123,3 @@ def test_index_file_is_compact(tmp_path: Path) -> None:
     names = "".join(f"host{i}.example{i % 97}.com\n" for i in range(20000))
     index = make_index(tmp_path, {"c": names})
     assert (index.path.stat().st_size - 4096) / 20000 < 40
-
-

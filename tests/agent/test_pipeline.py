@@ -58,18 +58,89 @@ def engine(config_path: Path) -> Engine:
 @pytest.mark.parametrize(
     ("target", "host_only", "action", "category", "rule", "reason"),
     [
-        pytest.param("https://mail.yahoo.com/inbox", False, Action.BLOCK, "webmail", "personal", "webmail.txt:2", id="webmail-url"),
-        pytest.param("https://user:pw@WWW.Hotmail.COM:443/", False, Action.BLOCK, "webmail", "personal", "'hotmail.com'", id="normalised-host"),
-        pytest.param("https://www.amazon.com/dp/1", False, Action.BLOCK, "shopping", "personal", "", id="shop"),
-        pytest.param("https://aws.amazon.com/console", False, Action.ALLOW, None, "default", "never-block entry 'aws.amazon.com'", id="never-block-beats-list"),
-        pytest.param("https://www.linkedin.com/jobs/view/1", False, Action.BLOCK, "jobsearch", "personal", "'linkedin.com/jobs'", id="url-rule"),
-        pytest.param("https://www.linkedin.com/feed", False, Action.ALLOW, None, "default", "no list matches", id="url-rule-other-path"),
-        pytest.param("https://notamazon.com/", False, Action.ALLOW, None, "default", "", id="label-aware-suffix"),
-        pytest.param("example-shop.com/staff/tickets", False, Action.ALLOW, None, "default", "never-block", id="never-block-url-beats-host"),
+        pytest.param(
+            "https://mail.yahoo.com/inbox",
+            False,
+            Action.BLOCK,
+            "webmail",
+            "personal",
+            "webmail.txt:2",
+            id="webmail-url",
+        ),
+        pytest.param(
+            "https://user:pw@WWW.Hotmail.COM:443/",
+            False,
+            Action.BLOCK,
+            "webmail",
+            "personal",
+            "'hotmail.com'",
+            id="normalised-host",
+        ),
+        pytest.param(
+            "https://www.amazon.com/dp/1",
+            False,
+            Action.BLOCK,
+            "shopping",
+            "personal",
+            "",
+            id="shop",
+        ),
+        pytest.param(
+            "https://aws.amazon.com/console",
+            False,
+            Action.ALLOW,
+            None,
+            "default",
+            "never-block entry 'aws.amazon.com'",
+            id="never-block-beats-list",
+        ),
+        pytest.param(
+            "https://www.linkedin.com/jobs/view/1",
+            False,
+            Action.BLOCK,
+            "jobsearch",
+            "personal",
+            "'linkedin.com/jobs'",
+            id="url-rule",
+        ),
+        pytest.param(
+            "https://www.linkedin.com/feed",
+            False,
+            Action.ALLOW,
+            None,
+            "default",
+            "no list matches",
+            id="url-rule-other-path",
+        ),
+        pytest.param(
+            "https://notamazon.com/",
+            False,
+            Action.ALLOW,
+            None,
+            "default",
+            "",
+            id="label-aware-suffix",
+        ),
+        pytest.param(
+            "example-shop.com/staff/tickets",
+            False,
+            Action.ALLOW,
+            None,
+            "default",
+            "never-block",
+            id="never-block-url-beats-host",
+        ),
     ],
 )
-def test_evaluate(engine: Engine, target: str, host_only: bool, action: Action,
-                  category: str | None, rule: str, reason: str) -> None:
+def test_evaluate(
+    engine: Engine,
+    target: str,
+    host_only: bool,
+    action: Action,
+    category: str | None,
+    rule: str,
+    reason: str,
+) -> None:
     """A URL goes through normalisation, the index and the policy to one explained decision."""
     d = engine.evaluate("10.1.1.1", target, host_only=host_only).decision
     assert (d.action, d.category, d.rule) == (action, category, rule), d.reason
@@ -92,8 +163,9 @@ def test_never_block_explains_what_it_overrode(engine: Engine) -> None:
         pytest.param("www.linkedin.com", Action.ALLOW, True, id="url-rule-does-not-block-host"),
     ],
 )
-def test_host_only_decisions_say_if_dns_may_enforce(engine: Engine, host: str, action: Action,
-                                                    dns_enforceable: bool) -> None:
+def test_host_only_decisions_say_if_dns_may_enforce(
+    engine: Engine, host: str, action: Action, dns_enforceable: bool
+) -> None:
     """Host-only decisions are enforceable in DNS only when no user or URL could change them."""
     d = engine.evaluate("10.1.1.1", host, source=Source.DNS, host_only=True).decision
     assert d.action is action
@@ -119,11 +191,15 @@ def test_reload_swaps_only_on_success(config_path: Path) -> None:
     """A good reload takes effect; a bad one keeps the last good engine and says why."""
     runtime = Runtime(config_path)
     first = runtime.engine
-    assert runtime.engine.evaluate("10.1.1.1", "https://www.ebay.com/").decision.action is Action.ALLOW
+    assert (
+        runtime.engine.evaluate("10.1.1.1", "https://www.ebay.com/").decision.action is Action.ALLOW
+    )
     (config_path.parent / "lists" / "shopping.txt").write_text("amazon.com\nebay.com\n")
     assert runtime.reload().ok
     assert runtime.engine is not first
-    assert runtime.engine.evaluate("10.1.1.1", "https://www.ebay.com/").decision.action is Action.BLOCK
+    assert (
+        runtime.engine.evaluate("10.1.1.1", "https://www.ebay.com/").decision.action is Action.BLOCK
+    )
     good = runtime.engine
     config_path.write_text(config_path.read_text().replace("action: block", "action: blok"))
     result = runtime.reload()

@@ -9,8 +9,14 @@ from agent.proxy_settings import EnforcerSettings
 @pytest.mark.parametrize(
     ("proxy", "message"),
     [
-        pytest.param("  acknowledge: {enabled: true, period_days: 0}\n", r"period_days: 0: expected >= 1", id="ack-period"),
-        pytest.param("  page_template: /nonexistent/page.html\n", r"page.html", id="missing-template"),
+        pytest.param(
+            "  acknowledge: {enabled: true, period_days: 0}\n",
+            r"period_days: 0: expected >= 1",
+            id="ack-period",
+        ),
+        pytest.param(
+            "  page_template: /nonexistent/page.html\n", r"page.html", id="missing-template"
+        ),
     ],
 )
 def test_bad_settings_are_refused_at_start(tmp_path, proxy, message):

@@ -90,7 +90,9 @@ def test_parsers_reject_bad_values(func: object, text: str, message: str) -> Non
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        pytest.param("2026-11-23T10:00", "2026-11-23T15:00:00+00:00", id="no-offset-is-policy-zone"),
+        pytest.param(
+            "2026-11-23T10:00", "2026-11-23T15:00:00+00:00", id="no-offset-is-policy-zone"
+        ),
         pytest.param("2026-11-23T10:00+00:00", "2026-11-23T10:00:00+00:00", id="explicit-offset"),
         pytest.param("2026-07-01T10:00", "2026-07-01T14:00:00+00:00", id="summer-time"),
     ],

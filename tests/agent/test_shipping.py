@@ -47,7 +47,11 @@ def test_no_sinks_no_writer() -> None:
     ("section", "message"),
     [
         pytest.param(RecordsSection(syslog="collector"), "expected host:port", id="syslog-no-port"),
-        pytest.param(RecordsSection(syslog="127.0.0.1:6514"), "records.spool_dir: required", id="syslog-no-spool"),
+        pytest.param(
+            RecordsSection(syslog="127.0.0.1:6514"),
+            "records.spool_dir: required",
+            id="syslog-no-spool",
+        ),
     ],
 )
 def test_bad_shipping_settings_say_which_key(section: RecordsSection, message: str) -> None:
@@ -58,7 +62,9 @@ def test_bad_shipping_settings_say_which_key(section: RecordsSection, message: s
 
 def test_writer_reports_fail_closed_from_the_syslog_spool(tmp_path: Path) -> None:
     """The writer's failing_closed follows the syslog spool's flag (set when it is full)."""
-    section = RecordsSection(syslog="127.0.0.1:9", spool_dir=tmp_path / "spool", spool_full="fail_closed")
+    section = RecordsSection(
+        syslog="127.0.0.1:9", spool_dir=tmp_path / "spool", spool_full="fail_closed"
+    )
     writer = open_writer(section, writer="dns")
     assert writer is not None
     assert not writer.failing_closed
