@@ -24,6 +24,7 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check --quiet agent addons tests bench
+	$(BIN)/ruff format --check --quiet agent addons tests bench
 	$(BIN)/mypy --no-error-summary
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; exit $$rc
