@@ -15,7 +15,7 @@ from agent import dns_wire
 from agent.model import Action, Classification, Client, Decision, Request, Source
 
 if TYPE_CHECKING:
-    from agent.metrics import TallyKey
+    from agent.metrics import Cell
     from agent.pipeline import Engine
     from agent.record_template import RecordTemplate
     from agent.runtime import Runtime
@@ -61,7 +61,7 @@ class Replay:
     engine: object
     tail: bytes  # the reply after its 2-byte id
     question: dns_wire.Question
-    counts: tuple[TallyKey, ...]
+    counts: tuple[Cell, ...]  # Tally cells: counted again on every replay
     template: RecordTemplate | None
     entry: Entry | None = None  # a cached answer: `tail` is re-rendered as its TTLs count down
     elapsed: int = 0  # whole seconds since `entry` was stored, when `tail` was rendered

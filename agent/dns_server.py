@@ -35,7 +35,7 @@ from agent.config import DnsRecords, DnsSection, IPNetwork, parse_network
 from agent.dns_cache import CacheKey, DnsCache, Entry, Replay, Verdicts
 from agent.dns_records import TRIP_INTERVAL, Recorder
 from agent.dns_wire import Answers, Question
-from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Tally, TallyKey
+from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Cell, Tally, bump
 from agent.model import Client, Decision, Request
 from agent.recent_answers import AnswerRecorder
 from agent.runtime import Runtime, settle_gc
@@ -48,7 +48,7 @@ GC_YOUNG = 50_000  # young-generation threshold: records are short-lived (runtim
 MAX_INFLIGHT = 2048  # distinct questions waiting for upstreams (each holds a socket)
 MAX_REPLAYS = 32_768  # remembered answers (client, question); emptied when full
 MAX_REPLAY_SIZE = 512  # larger answers are not remembered: replays stay under ~40 MiB
-Counts = tuple[TallyKey, ...]  # the metrics an answer counts
+Counts = tuple[Cell, ...]  # the metrics an answer counts (Tally cells)
 _TASKS: set[asyncio.Task[Any]] = set()
 
 
@@ -151,7 +151,7 @@ class DnsFilter:
         if kind is None:
             entry = self.cache.get(q.key, now)
             if entry is None:
-                self.tally.add_keys(counts)
+                bump(counts)
                 return job if len(self._inflight) < MAX_INFLIGHT else self._servfail(job)
             if not self.verdicts.cloaked(client, entry.aliases, now):
                 recorded = verdict is not None and self.recorder.wants(verdict[1])
@@ -167,11 +167,11 @@ class DnsFilter:
         counts: Counts = ()
         if verdict is not None:
             decision = verdict[1]
-            labels = ("dns", decision.action.label, decision.category or "none")
-            counts = ((DECISIONS, labels),)
+            label, category = decision.action.label, decision.category or "none"
+            counts = (self.tally.cell(DECISIONS, "dns", label, category),)
         kind = self.answers.special(q.name)
         if kind is not None:
-            return kind, (*counts, (BYPASS_ATTEMPTS, ("dns-bypass-name",)))
+            return kind, (*counts, self.tally.cell(BYPASS_ATTEMPTS, "dns-bypass-name"))
         if verdict is not None and Verdicts.enforced(verdict[1]):
             return "block", counts
         return None, counts
@@ -200,8 +200,8 @@ class DnsFilter:
         else:
             reply = dns_wire.patch(entry.render(now), job.query, q)
             until = min(until, entry.expires)
-        counts = (*counts, (DNS_QUERIES, (kind,)))
-        self.tally.add_keys(counts)
+        counts = (*counts, self.tally.cell(DNS_QUERIES, kind))
+        bump(counts)
         fitted = self._fit(reply, q, udp=job.udp)
         replayable = remember and job.udp and fitted is reply and len(reply) <= MAX_REPLAY_SIZE
         template = None
@@ -231,7 +231,7 @@ class DnsFilter:
         ):  # (a refused token is not taken: the full path asks the limiter again)
             del self._replays[(ip, data[2:])]
             return self._decide(data, ip, now, udp=True)  # type: ignore[return-value]  # bytes
-        self.tally.add_keys(replay.counts)
+        bump(replay.counts)
         if replay.template is not None:
             self.recorder.stamp(replay.template, now, int.from_bytes(data[:2]))
         if replay.entry is not None:

@@ -53,38 +53,52 @@ SPOOL_DEPTH = Gauge(
 RELOADS = Counter("aupguard_reloads", "Config/list reloads by result.", ["result"])
 
 
-TallyKey = tuple[Counter, tuple[str, ...]]  # a counter and its label values
+Cell = list[int]  # one count, bumped in place: `cell[0] += 1`
 
 
 class Tally:
     """Counts kept on the hot path as plain dict adds, pushed into the counters by `flush()`.
 
     A prometheus_client increment costs about a microsecond (more in multiprocess mode, which
-    writes an mmap'd file); a dict add costs a tenth of that. Services flush once a second.
-    Single-threaded use (one event loop), like the services that own it.
+    writes an mmap'd file); a dict add costs a tenth of that. Paths that count the same thing
+    again and again (DNS replays) hold a `cell` and bump it, without hashing the labels.
+    Services flush once a second. Single-threaded use (one event loop), like its owners.
     """
 
-    __slots__ = ("counts",)
+    __slots__ = ("cells", "counts")
 
     def __init__(self) -> None:
-        self.counts: dict[TallyKey, int] = {}
+        self.counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
+        self.cells: dict[tuple[Counter, tuple[str, ...]], Cell] = {}
 
     def add(self, counter: Counter, *labels: str) -> None:
         """Count one event for `counter` with these label values."""
         key = (counter, labels)
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def add_keys(self, keys: tuple[TallyKey, ...]) -> None:
-        """Count one event for each prepared (counter, label values) key."""
-        counts = self.counts
-        for key in keys:
-            counts[key] = counts.get(key, 0) + 1
+    def cell(self, counter: Counter, *labels: str) -> Cell:
+        """The cell counting `counter` with these label values (the same one every time)."""
+        key = (counter, labels)
+        found = self.cells.get(key)
+        if found is None:
+            found = self.cells[key] = [0]
+        return found
 
     def flush(self) -> None:
         """Add everything counted since the last flush to the Prometheus counters."""
         counts, self.counts = self.counts, {}
+        for key, cell in self.cells.items():
+            if cell[0]:
+                counts[key] = counts.get(key, 0) + cell[0]
+                cell[0] = 0
         for (counter, labels), n in counts.items():
             (counter.labels(*labels) if labels else counter).inc(n)
+
+
+def bump(cells: tuple[Cell, ...]) -> None:
+    """Count one event in each of `cells` (Tally.cell)."""
+    for cell in cells:
+        cell[0] += 1
 
 
 class ListCollector(Collector):

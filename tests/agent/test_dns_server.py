@@ -263,7 +263,7 @@ def test_replay_counts_metrics(runtime: Runtime) -> None:
     dns, _ = core(runtime)
     for i in range(3):
         dns.answer(query("blocked.test", i), "127.0.0.1", 1000.0 + i, udp=True)
-    counts = {labels: n for (_, labels), n in dns.tally.counts.items()}
+    counts = {labels: cell[0] for (_, labels), cell in dns.tally.cells.items()}
     assert counts[("block",)] == 3
     assert counts[("dns", "block", "gambling")] == 3
 

@@ -106,3 +106,20 @@ def test_tally_counts_locally_until_flushed() -> None:
     assert registry.get_sample_value("t_decisions_total", {"action": "allow"}) == 1
     tally.flush()
     assert registry.get_sample_value("t_decisions_total", {"action": "block"}) == 2
+
+
+def test_tally_cells_are_flushed_with_the_counts() -> None:
+    """A cell is the same for the same labels, adds to `add()`'s counts and restarts at 0."""
+    registry = CollectorRegistry()
+    counter = Counter("t_answers", "test", ["kind"], registry=registry)
+    tally = metrics.Tally()
+    cell = tally.cell(counter, "block")
+    assert tally.cell(counter, "block") is cell
+    metrics.bump((cell, cell))
+    tally.add(counter, "block")
+    tally.flush()
+    assert registry.get_sample_value("t_answers_total", {"kind": "block"}) == 3
+    assert cell == [0]
+    metrics.bump((cell,))
+    tally.flush()
+    assert registry.get_sample_value("t_answers_total", {"kind": "block"}) == 4
