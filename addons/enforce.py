@@ -9,6 +9,7 @@ pass-through, record). Policy lives in the engine; pages, tokens and throttling 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -119,13 +120,11 @@ class Enforce:
 
     def running(self) -> None:
         """Reload on SIGHUP; keep the garbage collector off the loaded engine (settle_gc)."""
-        import asyncio  # noqa: PLC0415
-
         if self.runtime is not None:
             self.runtime.install_sighup(asyncio.get_running_loop())
             self.runtime.on_reload(lambda _engine: settle_gc())
-        self._flush_metrics()
-        self._sweep()
+        _every(1.0, self._flush_metrics)
+        _every(SWEEP_EVERY, self._sweep)
         settle_gc()
         if not ctx.options.stream_large_bodies:
             # never buffer large bodies
@@ -190,20 +189,14 @@ class Enforce:
         self.response(flow)
 
     def _sweep(self) -> None:
-        """Count and pace pass-through connections from the kernel, then again shortly."""
-        import asyncio  # noqa: PLC0415
-
-        asyncio.get_running_loop().call_later(SWEEP_EVERY, self._sweep)  # first: keeps going
+        """Count and pace pass-through connections from the kernel."""
         if self.enforcer is not None:
             self.enforcer.sweep(time.time())
 
     def _flush_metrics(self) -> None:
-        """Push the hot path's counts into the Prometheus counters, then again in a second."""
-        import asyncio  # noqa: PLC0415
-
+        """Push the hot path's counts into the Prometheus counters."""
         if self.enforcer is not None:
             self.enforcer.tally.flush()
-        asyncio.get_running_loop().call_later(1.0, self._flush_metrics)
 
     def done(self) -> None:
         """Drain records and counts on shutdown."""
@@ -218,10 +211,18 @@ def _proxyserver() -> Any:
     return ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
 
 
+def _every(seconds: float, action: Callable[[], None]) -> None:
+    """Run `action` now and then every `seconds` on the running loop (a failure ends nothing)."""
+
+    def tick() -> None:
+        asyncio.get_running_loop().call_later(seconds, tick)  # first: keeps going if it raises
+        action()
+
+    tick()
+
+
 def _running_loop() -> Any:
     """The event loop mitmproxy runs on (None outside it, e.g. in unit tests)."""
-    import asyncio  # noqa: PLC0415
-
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
