@@ -10,16 +10,12 @@ from agent.config import DnsRecords
 from agent.dns_records import TRIP_INTERVAL, Recorder
 from agent.model import Action, Client, Source
 from agent.runtime import Runtime
-from tests.agent.test_dns_server import POLICY, ListWriter
+from tests.agent.test_dns_server import ListWriter, dns_runtime
 
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Runtime:
-    (tmp_path / "blocked.txt").write_text("blocked.test\n")
-    (tmp_path / "policy.yaml").write_text(
-        POLICY.replace("cache_dir: cache", f"cache_dir: {tmp_path / 'cache'}")
-    )
-    return Runtime(tmp_path / "policy.yaml")
+    return dns_runtime(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -113,13 +113,17 @@ class ListWriter:
         return True
 
 
+def dns_runtime(tmp_path: Path, extra: str = "") -> Runtime:
+    """POLICY (plus `extra` YAML) with blocked.test listed, loaded from `tmp_path`."""
+    (tmp_path / "blocked.txt").write_text("blocked.test\n")
+    policy = POLICY.replace("cache_dir: cache", f"cache_dir: {tmp_path / 'cache'}") + extra
+    (tmp_path / "policy.yaml").write_text(policy)
+    return Runtime(tmp_path / "policy.yaml")
+
+
 @pytest.fixture
 def runtime(tmp_path: Path) -> Runtime:
-    (tmp_path / "blocked.txt").write_text("blocked.test\n")
-    (tmp_path / "policy.yaml").write_text(
-        POLICY.replace("cache_dir: cache", f"cache_dir: {tmp_path / 'cache'}")
-    )
-    return Runtime(tmp_path / "policy.yaml")
+    return dns_runtime(tmp_path)
 
 
 def core(
@@ -337,10 +341,7 @@ class FakeUpstream:
 )
 def test_upstream_answer_lands_in_recent_answers(tmp_path: Path, proxy: str, stored: bool) -> None:
     """An upstream answer (a cache fill) is recorded for the proxy; a cache hit is not."""
-    (tmp_path / "blocked.txt").write_text("blocked.test\n")
-    policy = POLICY.replace("cache_dir: cache", f"cache_dir: {tmp_path / 'cache'}") + proxy
-    (tmp_path / "policy.yaml").write_text(policy)
-    runtime = Runtime(tmp_path / "policy.yaml")
+    runtime = dns_runtime(tmp_path, proxy)
     dns, _ = core(runtime)
     upstream = DNSRecord.question("bank.test").reply()
     upstream.add_answer(RR("bank.test", rdata=A("192.0.2.10"), ttl=30))
