@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import http.server
 import ipaddress
 import os
@@ -19,9 +18,8 @@ from typing import ClassVar
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests import pki
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
@@ -69,66 +67,23 @@ class Pki:
     self_signed_key: Path
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(subject: str, key, issuer_name, issuer_key, *, ca: bool) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        b = b.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-    else:
-        b = b.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _write(path: Path, cert: x509.Certificate | None = None, key=None) -> Path:
-    if cert is not None:
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    else:
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        path.chmod(0o600)
-    return path
-
-
 @pytest.fixture(scope="module")
 def proxy_pki(tmp_path_factory) -> Pki:
     """A test CA, an origin certificate it signs, and a self-signed (untrusted) certificate."""
     d = tmp_path_factory.mktemp("pki")
-    ca_key, leaf_key, bad_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = _cert("aupguard test CA", ca_key, _name("aupguard test CA"), ca_key, ca=True)
-    leaf = _cert("localhost", leaf_key, ca.subject, ca_key, ca=False)
-    bad = _cert("localhost", bad_key, _name("localhost"), bad_key, ca=False)
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    ca, ca_key = pki.self_signed_ca("aupguard test CA")
+    leaf_key, bad_key = pki.new_key(), pki.new_key()
+    leaf = pki.cert("localhost", leaf_key, ca.subject, ca_key, ca=False, sans=sans)
+    bad = pki.cert("localhost", bad_key, pki.name("localhost"), bad_key, ca=False, sans=sans)
+    for path, cert in (("ca.pem", ca), ("leaf.pem", leaf), ("bad.pem", bad)):
+        (d / path).write_bytes(pki.pem(cert))
     return Pki(
-        _write(d / "ca.pem", ca),
-        _write(d / "leaf.pem", leaf),
-        _write(d / "leaf.key", key=leaf_key),
-        _write(d / "bad.pem", bad),
-        _write(d / "bad.key", key=bad_key),
+        d / "ca.pem",
+        d / "leaf.pem",
+        pki.write_key(d / "leaf.key", leaf_key),
+        d / "bad.pem",
+        pki.write_key(d / "bad.key", bad_key),
     )
 
 

@@ -12,7 +12,6 @@ gateway's environment). Needs root: skipped with the reason otherwise. See docs/
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import ipaddress
 import json
 import os
@@ -25,10 +24,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests import pki
 from tests.integration import netns
 
 pytestmark = pytest.mark.integration
@@ -85,57 +82,21 @@ metrics:
 # --- PKI -----------------------------------------------------------------------------------
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(
-    subject: str, key, issuer: x509.Name, issuer_key, *, ca: bool, sans=()
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=2))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
-        b = b.add_extension(usage, critical=True)
-    else:
-        b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def make_pki(d: Path, t: netns.Topology) -> None:
     """The origin's test CA + leaf (all test names), and the gateway's agency CA in ca/."""
-    ca_key, leaf_key, agency_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = _cert("e2e origin CA", ca_key, _name("e2e origin CA"), ca_key, ca=True)
+    ca, ca_key = pki.self_signed_ca("e2e origin CA")
     names = ("allowed.test", "casino.test", "big.test", "bank.test", "*.test")
-    sans = [x509.DNSName(n) for n in names]
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in (t.origin4, t.origin6)]
-    leaf = _cert("origin.test", leaf_key, ca.subject, ca_key, ca=False, sans=sans)
-    (d / "origin-ca.pem").write_bytes(_pem(ca))
-    (d / "origin.pem").write_bytes(_pem(leaf) + _pem(ca))
-    (d / "origin.key").write_bytes(_key_pem(leaf_key))
-    agency = _cert("e2e agency CA", agency_key, _name("e2e agency CA"), agency_key, ca=True)
+    leaf_key = pki.new_key()
+    leaf = pki.cert("origin.test", leaf_key, ca.subject, ca_key, ca=False, sans=sans)
+    (d / "origin-ca.pem").write_bytes(pki.pem(ca))
+    (d / "origin.pem").write_bytes(pki.pem(leaf) + pki.pem(ca))
+    (d / "origin.key").write_bytes(pki.key_pem(leaf_key))
+    agency, agency_key = pki.self_signed_ca("e2e agency CA")
     (d / "ca").mkdir(mode=0o700)
-    (d / "ca" / "mitmproxy-ca.pem").write_bytes(_key_pem(agency_key) + _pem(agency))
-    (d / "ca" / "mitmproxy-ca-cert.pem").write_bytes(_pem(agency))
+    (d / "ca" / "mitmproxy-ca.pem").write_bytes(pki.key_pem(agency_key) + pki.pem(agency))
+    (d / "ca" / "mitmproxy-ca-cert.pem").write_bytes(pki.pem(agency))
 
 
 def documented_ruleset() -> str:
