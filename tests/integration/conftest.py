@@ -26,6 +26,16 @@ from dnslib import QTYPE, RR, DNSRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a file another process may be writing right now.
+
+    A last line without its newline is still being written, so it is left for the next read.
+    """
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
+
 # --- DNS: a small upstream ------------------------------------------------------------------
 
 # name -> zone-file lines answered for it (every qtype gets the lines of its type, or NODATA)

@@ -20,6 +20,7 @@ import pytest
 from cryptography import x509
 
 from tests import pki
+from tests.integration.conftest import jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
@@ -199,18 +200,15 @@ class Proxy:
     proc: subprocess.Popen[bytes]
 
     def read_records(self, want: int, timeout: float = 5.0) -> list[dict]:
-        """Poll the records file until it holds `want` lines (bounded wait)."""
-        import json  # noqa: PLC0415
-
+        """Poll the records file until it holds `want` records (bounded wait)."""
         deadline = time.monotonic() + timeout
-        lines: list[str] = []
+        got: list[dict] = []
         while time.monotonic() < deadline:
-            if self.records.exists():
-                lines = self.records.read_text().splitlines()
-                if len(lines) >= want:
-                    break
+            got = jsonl(self.records)
+            if len(got) >= want:
+                break
             time.sleep(0.05)
-        return [json.loads(x) for x in lines]
+        return got
 
     def wait_record(self, match: Callable[[dict], bool], timeout: float = 5.0) -> dict:
         """The first record `match` accepts, polled for at most `timeout` s (writes are async)."""

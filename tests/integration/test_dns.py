@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     dns_free_udp_port,
     dns_start,
     dns_write_config,
+    jsonl,
 )
 
 pytestmark = pytest.mark.integration
@@ -73,12 +74,7 @@ def records(server: DnsProcess, name: str) -> list[dict]:
     deadline = time.monotonic() + 3
     out: list[dict] = []
     while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
-        out = [
-            r
-            for r in map(json.loads, lines)
-            if r.get("dns", {}).get("question", {}).get("name") == name
-        ]
+        out = [r for r in jsonl(path) if r.get("dns", {}).get("question", {}).get("name") == name]
         if out:
             break
         time.sleep(0.05)
@@ -383,10 +379,6 @@ def test_sighup_reload_picks_up_list_without_dropping_queries(
     assert failures == []
 
 
-def _read_records(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
 def test_rate_limit_trips_are_recorded_once_with_a_count(
     dns_upstream: DnsUpstream, tmp_path: Path
 ) -> None:
@@ -409,7 +401,7 @@ def test_rate_limit_trips_are_recorded_once_with_a_count(
     assert 20 <= refused < 40
     trips = [
         r
-        for r in _read_records(tmp_path / "r.jsonl")
+        for r in jsonl(tmp_path / "r.jsonl")
         if r["aupguard"].get("dns", {}).get("outcome") == "rate-limited"
     ]
     assert 1 <= len(trips) <= 2
@@ -441,7 +433,7 @@ def test_records_modes(dns_upstream: DnsUpstream, tmp_path: Path, mode: str, exp
         ask(server, "blocked.test")
     finally:
         assert server.stop() == 0
-    assert len(_read_records(tmp_path / "r.jsonl")) == expect
+    assert len(jsonl(tmp_path / "r.jsonl")) == expect
 
 
 def test_ipv6_listener(dns_upstream: DnsUpstream, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import re
 import sys
@@ -27,6 +26,7 @@ from cryptography import x509
 
 from tests import pki
 from tests.integration import netns
+from tests.integration.conftest import jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -219,10 +219,7 @@ except TimeoutError:
 def read_records(path: Path) -> list[dict]:
     """Every writer's records: `records.jsonl` is written as records.dns.jsonl, records.proxy.jsonl."""
     return [
-        json.loads(line)
-        for f in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}"))
-        for line in f.read_text().splitlines()
-        if line.strip()
+        rec for f in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}")) for rec in jsonl(f)
     ]
 
 

@@ -26,6 +26,7 @@ from agent.rotation import rotated_files
 from agent.shipping import Spool, SpoolFull, SyslogSink, record_sinks, tls_context
 from agent.writer import RecordWriter
 from tests import pki
+from tests.integration.conftest import jsonl
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 pytestmark = pytest.mark.integration
@@ -94,14 +95,15 @@ input(type="imtcp" address="127.0.0.1" port="{self.port}" ruleset="records")
         self.proc = None
 
     def records(self, expect: int, timeout: float = 30) -> list[dict[str, object]]:
+        """The records rsyslog has written so far, waiting (bounded) for `expect` of them."""
         deadline = time.monotonic() + timeout
-        lines: list[str] = []
+        got: list[dict[str, object]] = []
         while time.monotonic() < deadline:
-            lines = self.out.read_text().splitlines() if self.out.exists() else []
-            if len(lines) >= expect:
+            got = jsonl(self.out)
+            if len(got) >= expect:
                 break
             time.sleep(0.1)
-        return [json.loads(line) for line in lines if line.strip()]
+        return got
 
 
 @pytest.fixture
