@@ -2,36 +2,35 @@
 
 The DNS filter answers the same decided question many times a second, and building plus
 encoding the same record each time cost about 20 µs of every recorded query. A template is
-that record built by the one record builder (`Engine.record`) and encoded once, with slots
-for what changes per query: `@timestamp`, `event.id` (= `aupguard.reference_id`) and
-`dns.id`. The hot path queues a `Stamp` (template, time, DNS id); the writer thread renders
-it (`agent.writer`), so a templated record is the same line a dict record would have been.
+that record built by the one record builder (`Engine.record`) and encoded once, split around
+what changes per query: `@timestamp`, `event.id` (= `aupguard.reference_id`) and `dns.id`.
+The hot path queues a `Stamp` (template, time, DNS id); the writer thread renders runs of
+them with `render_stamps` (`agent.writer`), so a templated record is the same line a dict
+record would have been.
 """
 
 from __future__ import annotations
 
-import operator
+import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
-from agent.records import format_timestamp, new_event_id
-from agent.writer import encode
+from agent.records import encode, iso_second
 
 _TS, _ID, _DNS_ID = "@@aupguard-slot:ts@@", "@@aupguard-slot:id@@", "@@aupguard-slot:dns-id@@"
-# each marker as encoded (a quoted string) -> (index of its value in `render`, its format)
-_SLOTS = {f'"{_TS}"': (0, '"%s"'), f'"{_ID}"': (1, '"%s"'), f'"{_DNS_ID}"': (2, "%d")}
-_EXPECTED = sorted([f'"{_TS}"', f'"{_ID}"', f'"{_ID}"', f'"{_DNS_ID}"'])  # the id appears twice
-_SPLIT = re.compile("(" + "|".join(re.escape(m) for m in _SLOTS) + ")")
+# The markers as encoded (quoted strings), in the order a DNS record holds them.
+_ORDER = [f'"{_TS}"', f'"{_ID}"', f'"{_DNS_ID}"', f'"{_ID}"']
+_SPLIT = re.compile("(" + "|".join(re.escape(m) for m in set(_ORDER)) + ")")
 
 
 class RecordTemplate:
-    """One record's JSON with `%s` slots for its timestamp, event id and DNS id."""
+    """One record's JSON cut into the five pieces around its per-query values."""
 
-    __slots__ = ("_format", "_order")
+    __slots__ = ("pieces",)
 
-    def __init__(self, fmt: str, order: tuple[int, ...]) -> None:
-        self._format = fmt
-        self._order = operator.itemgetter(*order)  # slot values in the order they appear
+    def __init__(self, pieces: tuple[str, str, str, str, str]) -> None:
+        self.pieces = pieces
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> RecordTemplate | None:
@@ -40,29 +39,48 @@ class RecordTemplate:
         None when the record does not hold each marker exactly where expected (a value that
         happens to contain a marker, say): such records are written as dicts instead.
         """
-        text = encode(record).replace("%", "%%")
-        pieces = _SPLIT.split(text)  # text, marker, text, marker, ..., text
-        markers = pieces[1::2]
-        if sorted(markers) != _EXPECTED or any(
-            key in piece for piece in pieces[::2] for key in (_TS, _ID, _DNS_ID)
-        ):
+        parts = _SPLIT.split(encode(record))  # text, marker, text, marker, ..., text
+        text = parts[::2]
+        if parts[1::2] != _ORDER or any(m in t for t in text for m in (_TS, _ID, _DNS_ID)):
             return None
-        fmt = "".join(_SLOTS[p][1] if i % 2 else p for i, p in enumerate(pieces))
-        return cls(fmt, tuple(_SLOTS[m][0] for m in markers))
+        a, b, c, d, e = text
+        return cls((a, b, c, d, e))
 
     def render(self, now: float, dns_id: int) -> str:
         """The record's JSON line for a query at `now` with this DNS transaction id."""
-        line: str = self._format % self._order((format_timestamp(now), new_event_id(now), dns_id))
+        (line,) = render_stamps([(self, now, dns_id)])
         return line
 
 
 Stamp = tuple[RecordTemplate, float, int]  # what the hot path queues: template, time, DNS id
 
 
+def render_stamps(stamps: Sequence[Stamp]) -> list[str]:
+    """Each stamp's JSON line, in order: the writer thread's inner loop, so kept flat.
+
+    The timestamp is `records.format_timestamp` and the event id `records.new_event_id`
+    (48-bit milliseconds + 56 random bits), inlined: half the cost of calling them.
+    """
+    random = os.urandom(7 * len(stamps)).hex()
+    lines: list[str] = []
+    append = lines.append
+    second, prefix = -1, ""
+    at = 0
+    for template, now, dns_id in stamps:
+        sec, micros = divmod(round(now * 1_000_000), 1_000_000)
+        if sec != second:
+            second, prefix = sec, iso_second(sec)
+        event_id = f"{int(now * 1000):012x}{random[at : at + 14]}"
+        at += 14
+        a, b, c, d, e = template.pieces
+        append(f'{a}"{prefix}.{micros:06d}Z"{b}"{event_id}"{c}{dns_id}{d}"{event_id}"{e}')
+    return lines
+
+
 def slotted(record: dict[str, Any]) -> dict[str, Any]:
     """Put the slot markers into a freshly built DNS record's per-query fields (in place)."""
     record["@timestamp"] = _TS
     record["event"]["id"] = _ID
-    record["aupguard"]["reference_id"] = _ID
     record["dns"]["id"] = _DNS_ID
+    record["aupguard"]["reference_id"] = _ID
     return record

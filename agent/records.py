@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from agent.errors import ConfigError
 from agent.logs import REDACTED, get_logger, redact_headers, redact_path, redact_url
 from agent.model import Action, Source
@@ -106,14 +108,15 @@ def new_event_id(now: float) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _second(sec: int) -> str:
+def iso_second(sec: int) -> str:
+    """Whole epoch seconds as ISO 8601 UTC without a fraction: `2026-11-23T13:08:12`."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
 
 
 def format_timestamp(now: float) -> str:
     """Format epoch seconds as ISO 8601 UTC with microseconds: `2026-11-23T13:08:12.123456Z`."""
     sec, micros = divmod(round(now * 1_000_000), 1_000_000)
-    return f"{_second(sec)}.{micros:06d}Z"
+    return f"{iso_second(sec)}.{micros:06d}Z"
 
 
 def _match(m: Match) -> dict[str, Any]:
@@ -239,6 +242,18 @@ def build_record(  # noqa: PLR0913 the inputs are named, keyword-only and all ne
     if extra:
         merge_extra(record, extra)
     return record
+
+
+def _json_default(value: object) -> object:
+    """Encode sets as sorted lists and anything else unknown as str(): keep the record."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def encode(record: object) -> str:
+    """One record as compact JSON (UTF-8 text, no line end); TypeError if it cannot be."""
+    return orjson.dumps(record, default=_json_default).decode()
 
 
 def dropped_record(count: int, total: int, now: float) -> dict[str, Any]:

@@ -17,15 +17,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-import orjson
-
 from agent.logs import get_logger
-from agent.records import dropped_record
+from agent.record_template import Stamp, render_stamps
+from agent.records import dropped_record, encode
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from agent.record_template import Stamp
 
 _log = get_logger(__name__)
 
@@ -107,18 +104,6 @@ class MemorySink:
 
 
 # --- the writer -------------------------------------------------------------------------
-
-
-def _json_default(value: object) -> object:
-    """Encode sets as sorted lists and anything else unknown as str(): keep the record."""
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=str)
-    return str(value)
-
-
-def encode(record: object) -> str:
-    """One record as compact JSON (UTF-8 text, no line end); TypeError if it cannot be."""
-    return orjson.dumps(record, default=_json_default).decode()
 
 
 _CLOSE = object()
@@ -226,13 +211,16 @@ class RecordWriter:
     def _handle(self, batch: list[object]) -> bool:
         """Write a batch in order, acting on flush/close markers; False after close."""
         lines: list[str] = []
+        stamps: list[Stamp] = []
         for item in batch:
+            if type(item) is tuple:  # a Stamp: rendered with the rest of its run
+                stamps.append(item)
+                continue
+            if stamps:
+                lines += render_stamps(stamps)
+                stamps = []
             if type(item) is str:
                 lines.append(item)
-                continue
-            if type(item) is tuple:  # a Stamp
-                template, now, dns_id = item
-                lines.append(template.render(now, dns_id))
                 continue
             self._emit(lines)
             lines = []
@@ -243,6 +231,8 @@ class RecordWriter:
             else:
                 self._call_sinks("close")
                 return False
+        if stamps:
+            lines += render_stamps(stamps)
         self._emit(lines)
         if self._queue.empty():
             self._report_drops()

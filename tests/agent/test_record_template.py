@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.record_template import RecordTemplate, slotted
+from agent.record_template import RecordTemplate, render_stamps, slotted
 from agent.records import format_timestamp
 from agent.writer import MemorySink, RecordWriter
 
@@ -51,6 +51,26 @@ def test_each_render_has_its_own_event_id() -> None:
     assert template is not None
     ids = {json.loads(template.render(NOW, 1))["event"]["id"] for _ in range(5000)}
     assert len(ids) == 5000
+
+
+def test_a_run_of_stamps_renders_each_with_its_own_time_and_id() -> None:
+    """A batch crossing a second (and a millisecond) boundary: every line its own stamp."""
+    template = RecordTemplate.from_record(slotted(dns_record()))
+    assert template is not None
+    times = [NOW + k * 0.2999 for k in range(8)] + [1_795_000_000.9999996]
+    lines = [json.loads(x) for x in render_stamps([(template, t, k) for k, t in enumerate(times)])]
+    assert [x["@timestamp"] for x in lines] == [format_timestamp(t) for t in times]
+    assert [x["dns"]["id"] for x in lines] == list(range(len(times)))
+    assert [x["event"]["id"][:12] for x in lines] == [f"{int(t * 1000):012x}" for t in times]
+    assert all(x["event"]["id"] == x["aupguard"]["reference_id"] for x in lines)
+    assert len({x["event"]["id"] for x in lines}) == len(times)
+
+
+def test_a_record_with_its_fields_in_another_order_is_not_templated() -> None:
+    """The pieces assume the DNS record's key order; anything else is written as a dict."""
+    record = dns_record()
+    record = {"dns": record.pop("dns"), **record}
+    assert RecordTemplate.from_record(slotted(record)) is None
 
 
 @pytest.mark.parametrize(

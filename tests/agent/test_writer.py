@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.writer import JsonLinesFileSink, MemorySink, RecordWriter, encode
+from agent.records import encode
+from agent.writer import JsonLinesFileSink, MemorySink, RecordWriter
 
 NOW = 1795957692.123456  # 2026-11-29T13:08:12.123456Z
 
