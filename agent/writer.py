@@ -48,7 +48,12 @@ class RecordSink(Protocol):
 
 
 class JsonLinesFileSink:
-    """Append JSON lines to a file created with mode 0640; fsync on flush."""
+    """Append JSON lines to a file created with mode 0640; fsync on flush.
+
+    A batch goes out as `os.writev` calls over the encoded lines (512 at a time): joining a
+    batch first cost two batch-sized copies, and those allocations faulted fresh pages in
+    about every third record.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, mode: int = 0o640) -> None:
         self.path = os.fspath(path)
@@ -58,24 +63,42 @@ class JsonLinesFileSink:
             os.fchmod(fd, mode)  # the umask must not change who may read the records
         except FileExistsError:
             fd = os.open(self.path, flags, mode)
-        self._file = os.fdopen(fd, "a", encoding="utf-8", newline="\n")
+        self._fd: int | None = fd
 
     def write_lines(self, lines: list[str]) -> None:
         """Append the batch as whole lines and hand it to the OS."""
-        if lines:
-            self._file.write("\n".join(lines) + "\n")
-            self._file.flush()
+        if self._fd is None:
+            raise ValueError(f"{self.path}: write after close")
+        for at in range(0, len(lines), _IOV_LINES):
+            chunks = [(line + "\n").encode() for line in lines[at : at + _IOV_LINES]]
+            _write_all(self._fd, chunks)
 
     def flush(self) -> None:
-        """Flush and fsync."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Make the lines durable (fsync)."""
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        """Flush, fsync and close."""
-        if not self._file.closed:
-            self.flush()
-            self._file.close()
+        """Fsync and close."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+_IOV_LINES = 512  # lines per writev: under every platform's IOV_MAX (1024 on Linux)
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """Write every chunk in order, finishing a short write (a signal, a nearly full disk)."""
+    done = os.writev(fd, chunks)
+    total = sum(map(len, chunks))
+    if done < total:
+        rest = memoryview(b"".join(chunks))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
 
 
 class MemorySink:
