@@ -52,13 +52,16 @@ class Replay:
 
     Keyed by (client address, query without its id): the same client asking the same
     question (same flags, case and EDNS) gets the same answer until `until` (the end of the
-    minute, when schedules and exception expiry are re-checked, or the cached answer's
-    expiry) or until `engine` is replaced by a reload. Re-sending counts `counts` and queues
-    the record `template` (if any), so a replay is indistinguishable from a fresh decision.
+    minute, or the cached answer's expiry) or until `engine` is replaced by a reload. At the
+    end of a minute, when schedules and exception expiry are re-checked, a replay whose
+    decision `generation` (`Verdicts.generation_at`) is still in force goes on for another
+    minute. Re-sending counts `counts` and queues the record `template` (if any), so a replay
+    is indistinguishable from a fresh decision.
     """
 
     until: float
     engine: object
+    generation: int
     tail: bytes  # the reply after its 2-byte id
     question: dns_wire.Question
     counts: tuple[Cell, ...]  # Tally cells: counted again on every replay
@@ -169,6 +172,7 @@ class Verdicts:
         self._epoch: tuple[int, tuple[bool, ...]] = (-1, ())
         self._clients: dict[str, Client] = {}
         self._memo: dict[tuple[frozenset[str], bytes], Verdict | None] = {}
+        self.generation = 0  # bumped whenever the memo is emptied: decisions may have changed
 
     def _refresh(self, now: float) -> Engine:
         """Swap to a reloaded engine; empty the memo when a time-dependent input changed."""
@@ -182,10 +186,17 @@ class Verdicts:
         if engine is not self.engine:
             self._clients.clear()
             self._memo.clear()
+            self.generation += 1
         elif epoch != self._epoch:
             self._memo.clear()
+            self.generation += 1
         self.engine, self._minute, self._epoch = engine, minute, epoch
         return engine
+
+    def generation_at(self, now: float) -> int:
+        """The generation of decisions in force at `now`: within one, decisions do not change."""
+        self._refresh(now)
+        return self.generation
 
     def client(self, ip: str, now: float) -> Client:
         """The client's address groups (no user: DNS never sees one)."""

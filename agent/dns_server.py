@@ -126,9 +126,22 @@ class DnsFilter:
         """The reply to `data` from `ip` (None: drop), or a Lookup that needs the upstreams."""
         if udp:
             replay = self._replays.get((ip, data[2:]))
-            if replay is not None and now < replay.until and replay.engine is self.runtime.engine:
+            if (
+                replay is not None
+                and replay.engine is self.runtime.engine
+                and (now < replay.until or self._renew(replay, now))
+            ):
                 return self._replay(replay, data, ip, now)
         return self._decide(data, ip, now, udp=udp)
+
+    def _renew(self, replay: Replay, now: float) -> bool:
+        """Carry a replay into a new minute if its decision and cached answer still hold."""
+        if replay.generation != self.verdicts.generation_at(now):
+            return False
+        replay.until = (now // 60 + 1) * 60
+        if replay.entry is not None:
+            replay.until = min(replay.until, replay.entry.expires)
+        return now < replay.until
 
     def _decide(self, data: bytes, ip: str, now: float, *, udp: bool) -> bytes | Lookup | None:
         """`answer()` for a query that has no replay: parse, admit, decide, answer."""
@@ -218,7 +231,16 @@ class DnsFilter:
         if replayable:
             if len(self._replays) >= MAX_REPLAYS:
                 self._replays.clear()
-            replay = Replay(until, self.runtime.engine, reply[2:], q, counts, template, entry)
+            replay = Replay(
+                until,
+                self.runtime.engine,
+                self.verdicts.generation,
+                reply[2:],
+                q,
+                counts,
+                template,
+                entry,
+            )
             if entry is not None:
                 replay.elapsed = int(now - entry.stored)
             self._replays[(job.client.ip, job.query[2:])] = replay

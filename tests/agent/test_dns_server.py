@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import ipaddress
 import json
 import time
@@ -326,6 +327,65 @@ def test_replay_stops_when_inputs_change(runtime: Runtime, tmp_path: Path, chang
     else:
         assert isinstance(result, bytes)
         assert DNSRecord.parse(result).header.rcode == expected[change]
+
+
+MONDAY = dt.datetime(2026, 11, 23, tzinfo=dt.UTC).timestamp()
+
+
+def clock(text: str) -> float:
+    hours, minutes, seconds = map(int, text.split(":"))
+    return MONDAY + hours * 3600 + minutes * 60 + seconds
+
+
+@pytest.mark.parametrize(
+    ("schedule", "first", "later", "answer", "decided_again"),
+    [
+        pytest.param(True, "16:58:30", "16:59:30", RCODE.NXDOMAIN, False, id="minute-replays-on"),
+        pytest.param(True, "16:59:30", "17:00:30", Lookup, True, id="schedule-ends-decide-again"),
+        pytest.param(False, "17:14:30", "17:15:30", RCODE.NXDOMAIN, True, id="quarter-hour-check"),
+    ],
+)
+def test_replay_outlives_the_minute_only_while_decisions_hold(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    schedule: bool,
+    first: str,
+    later: str,
+    answer: object,
+    decided_again: bool,
+) -> None:
+    """A replay goes on into the next minute unless a schedule or the date check intervenes.
+
+    The rule blocks during business hours (ending 17:00 on this Monday) or always; every
+    quarter hour decisions are made again (exceptions expire by date).
+    """
+    runtime = dns_runtime(tmp_path)
+    policy = (tmp_path / "policy.yaml").read_text()
+    policy = policy.replace(
+        "action: block}",
+        "action: block, schedule: business-hours}" if schedule else "action: block}",
+    ).replace(
+        "  groups:\n",
+        '  schedules:\n    business-hours: {days: [mon], start: "08:00", end: "17:00"}\n'
+        "  groups:\n",
+    )
+    (tmp_path / "policy.yaml").write_text(policy)
+    assert runtime.reload().ok
+    dns, _ = core(runtime)
+    decided: list[float] = []
+    decide = dns._decide
+    monkeypatch.setattr(dns, "_decide", lambda *a, **k: decided.append(a[2]) or decide(*a, **k))
+    reply = dns.answer(query("blocked.test"), "127.0.0.1", clock(first), udp=True)
+    assert isinstance(reply, bytes)
+    assert DNSRecord.parse(reply).header.rcode == RCODE.NXDOMAIN
+    reply = dns.answer(query("blocked.test", 2), "127.0.0.1", clock(later), udp=True)
+    if answer is Lookup:
+        assert isinstance(reply, Lookup)
+    else:
+        assert isinstance(reply, bytes)
+        assert (reply[:2], DNSRecord.parse(reply).header.rcode) == (b"\x00\x02", answer)
+    assert decided == ([clock(first), clock(later)] if decided_again else [clock(first)])
 
 
 class FakeUpstream:
