@@ -1,12 +1,14 @@
 """Benchmark `aupguard dns` against unbound and dnsmasq with dnsperf, in the same run.
 
-    .venv/bin/python bench/bench_dns.py [--seconds 10] [--skip-ut1] [--skip-synthetic]
+    .venv/bin/python bench/bench_dns.py [--seconds 10] [--rounds 3] [--skip-ut1] [--skip-synthetic]
 
 Loopback only. Each server is pinned to core 0 (`taskset -c 0`), dnsperf to core 1. Per list
 set (the UT1 lists from ../shared/blocklists/ut1, and 1,000,000 synthetic domains, fixed
 seed) and per server: start time (spawn -> first answer), a warm-up run that fills every
 cache (a local upstream answers everything with TTL 300), a max-qps run, a run at a fixed
-5,000 qps for p50/p99 (from dnsperf -v), RSS and CPU per query. Ratios are vs unbound.
+5,000 qps for p50/p99 (from dnsperf -v), RSS and CPU per query. The servers take turns for
+`--rounds` rounds, so that the VM's slow spells fall on all of them; the ratios (vs unbound)
+are of the medians.
 Bounded: every run is `--seconds` long, every process is stopped.
 """
 
@@ -266,6 +268,9 @@ def measure(name: str, cmd: list[str], port: int, queries: Path, seconds: float)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        # Write this server's records back now: the kernel would otherwise do it on the
+        # next server's core and time.
+        os.sync()
     lat.sort()
 
     def pct(p: float) -> float:
@@ -289,61 +294,65 @@ def aupguard_cmd(config: Path, port: int) -> list[str]:
     return [*base, "dns", "--config", str(config), "--listen", f"{HOST}:{port}"]
 
 
-def run_set(label: str, domains: list[str], folder: Path, seconds: float, upstream: int) -> None:
+def run_set(
+    label: str, domains: list[str], folder: Path, *, seconds: float, upstream: int, rounds: int
+) -> None:
+    """Measure every server `rounds` times, interleaved; report each round and the medians."""
     print(f"\n== {label}: {len(domains):,} listed domains ==", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     list_file = folder / "list.txt"
     list_file.write_text("\n".join(domains) + "\n")
     queries = query_file(domains, folder)
-    results = []
+    servers: list[tuple[str, list[str], int]] = []
     for records in ("default", "all", "off"):
-        config = aupguard_config(folder, list_file, records, upstream)
         port = free_port()
-        if records == "default":  # first start builds the list index; measure a restart
-            t0 = time.monotonic()
-            proc = subprocess.Popen(aupguard_cmd(config, port), stdout=subprocess.DEVNULL, cwd=ROOT)
-            wait_ready(proc, port, timeout=600)
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-            print(
-                f"  aupguard first start (index build): {time.monotonic() - t0:.1f} s", flush=True
-            )
-        results.append(
-            measure(
-                f"aupguard records={records}", aupguard_cmd(config, port), port, queries, seconds
-            )
-        )
-        print(f"  {fmt(results[-1])}", flush=True)
+        cmd = aupguard_cmd(aupguard_config(folder, list_file, records, upstream), port)
+        servers.append((f"aupguard records={records}", cmd, port))
+    _, cmd, port = servers[0]  # the first start builds the list index; measured ones reuse it
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=ROOT)
+    wait_ready(proc, port, timeout=600)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    print(f"  aupguard first start (index build): {time.monotonic() - t0:.1f} s", flush=True)
     if shutil.which("unbound"):
         port = free_port()
         conf = unbound_config(folder, domains, port, upstream)
-        results.append(
-            measure("unbound 1 thread", ["unbound", "-d", "-c", str(conf)], port, queries, seconds)
-        )
-        print(f"  {fmt(results[-1])}", flush=True)
+        servers.append(("unbound 1 thread", ["unbound", "-d", "-c", str(conf)], port))
     else:
         print("  unbound: not installed, SKIPPED")
     if shutil.which("dnsmasq"):
         port = free_port()
         conf = dnsmasq_config(folder, domains, port, upstream)
-        results.append(
-            measure(
-                "dnsmasq address=/d/",
-                ["dnsmasq", "-k", f"--conf-file={conf}"],
-                port,
-                queries,
-                seconds,
-            )
-        )
-        print(f"  {fmt(results[-1])}", flush=True)
+        servers.append(("dnsmasq address=/d/", ["dnsmasq", "-k", f"--conf-file={conf}"], port))
     else:
         print("  dnsmasq: not installed, SKIPPED")
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in servers}
+    for n in range(1, rounds + 1):
+        if rounds > 1:
+            print(f"  -- round {n} of {rounds}", flush=True)
+        for name, cmd, port in servers:
+            runs[name].append(measure(name, cmd, port, queries, seconds))
+            print(f"  {fmt(runs[name][-1])}", flush=True)
+    results = [median_run(rs) for rs in runs.values()]
+    if rounds > 1:
+        print(f"  -- medians of {rounds} rounds")
+        for r in results:
+            print(f"  {fmt(r)}")
     base = next((r for r in results if r["name"].startswith("unbound")), None)
     if base and base["qps"]:
         print(
             "  ratios vs unbound (qps):",
             ", ".join(f"{r['name']} {r['qps'] / base['qps']:.2f}x" for r in results),
         )
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Each figure's median over the rounds (a round's figures are not kept together)."""
+    return {
+        key: statistics.median(r[key] for r in runs) if key != "name" else runs[0]["name"]
+        for key in runs[0]
+    }
 
 
 def fmt(r: dict) -> str:
@@ -375,6 +384,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--skip-ut1", action="store_true")
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds per server (medians reported)"
+    )
     parser.add_argument("--upstream-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream_server:
@@ -391,14 +403,22 @@ def main() -> int:
             elif not UT1.is_dir():
                 print(f"!! {UT1} is absent: UT1 list set SKIPPED")
             else:
-                run_set("UT1 lists", ut1_domains(), Path(tmp) / "ut1", args.seconds, upstream)
+                run_set(
+                    "UT1 lists",
+                    ut1_domains(),
+                    Path(tmp) / "ut1",
+                    seconds=args.seconds,
+                    upstream=upstream,
+                    rounds=args.rounds,
+                )
             if not args.skip_synthetic:
                 run_set(
                     "synthetic",
                     synthetic_domains(),
                     Path(tmp) / "synthetic",
-                    args.seconds,
-                    upstream,
+                    seconds=args.seconds,
+                    upstream=upstream,
+                    rounds=args.rounds,
                 )
     finally:
         up.terminate()
