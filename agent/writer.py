@@ -144,7 +144,7 @@ class RecordWriter:
         sinks: Sequence[RecordSink],
         *,
         queue_size: int = 10_000,
-        batch_size: int = 1_000,
+        batch_size: int = 64,
         clock: Callable[[], float] = time.time,
         linger: float = 0.005,
         halt: threading.Event | None = None,
