@@ -76,18 +76,21 @@ def get_rate(sock: Any) -> int:
     return int(struct.unpack("I", raw)[0])
 
 
-def send_counts(sock: Any) -> tuple[int, int] | None:
-    """(acknowledged, still queued) bytes sent on `sock`; None when the socket is gone.
+def kernel_counts(sock: Any) -> tuple[int, int, int] | None:
+    """(sent and acknowledged, queued to send, received but unread) bytes of `sock`.
 
-    `tcpi_bytes_acked` and `SIOCOUTQ`: the peer gets queued bytes even after the socket is
-    closed. Pass-through connections are relayed without hooks: this is how their bytes are
-    counted.
+    None when the socket is gone. `tcpi_bytes_acked`, `SIOCOUTQ` and `SIOCINQ`: the peer
+    gets queued bytes even after the socket is closed, and unread bytes are on their way to
+    the other side of the relay. Pass-through connections are relayed without hooks: this is
+    how their bytes are counted.
     """
     try:
         raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
         queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
     except (OSError, ValueError):
         return None
     if len(raw) < BYTES_ACKED_AT + BYTES_ACKED.size:
         return None
-    return int(BYTES_ACKED.unpack_from(raw, BYTES_ACKED_AT)[0]), max(0, int(queued))
+    acked = int(BYTES_ACKED.unpack_from(raw, BYTES_ACKED_AT)[0])
+    return acked, max(0, int(queued)), max(0, int(unread))

@@ -1,8 +1,10 @@
 """No-decrypt pass-through connections, counted from the kernel and paced like HTTP transfers.
 
 mitmproxy relays a pass-through connection (`ignore_connection`) as raw TCP without hooks,
-so a periodic `sweep` reads its byte counts from the kernel (`agent.pacing.send_counts`:
-what was sent on the client socket is downloaded, on the server socket uploaded). The
+so a periodic `sweep` reads its byte counts from the kernel (`agent.pacing.kernel_counts`:
+what was sent on the client socket is downloaded, on the server socket uploaded; bytes
+received and not yet relayed are counted as on their way, so that a connection that ends
+between sweeps is recorded whole, the relay's own buffer of at most ~128 KB aside). The
 bytes count towards the client's window; once the connection or the window passes the
 threshold in the schedule, both sockets get the transfer's share of the same pools
 (`Shaper.begin`). Its end is logged and returned for the `throttle` record.
@@ -29,7 +31,9 @@ class Tunnel:
     server_conn: Any
     host: str
     acked: list[int] = field(default_factory=lambda: [0, 0])  # delivered to each peer
-    queued: list[int] = field(default_factory=lambda: [0, 0])  # handed over, not yet delivered
+    # on this host, not yet delivered: each socket's send queue plus what it received and the
+    # relay has not read yet (bound for the other peer)
+    queued: list[int] = field(default_factory=lambda: [0, 0])
     paced_from: int = 0  # acknowledged bytes when pacing began
     last: float = 0.0  # when the counts last grew
     linked: bool = False  # the server socket has been seen (opened after the ClientHello)
@@ -41,7 +45,7 @@ class Tunnel:
 
     @property
     def written(self) -> int:
-        """Bytes handed to the kernel, both ways."""
+        """Bytes delivered or on their way through this host, both ways."""
         return sum(self.acked) + sum(self.queued)
 
 
@@ -84,12 +88,13 @@ class Passthroughs:
         before, snapshot, appeared = tunnel.written, (*tunnel.acked, *tunnel.queued), False
         for i, conn in enumerate((tunnel.client_conn, tunnel.server_conn)):
             sock = pacing.connection_socket(server, tunnel.client_conn, conn)
-            counts = None if sock is None else pacing.send_counts(sock)
+            counts = None if sock is None else pacing.kernel_counts(sock)
             if counts is None:
                 continue  # not open yet, or gone: its last counts stand
             appeared |= i == 1 and not tunnel.linked
             tunnel.linked |= i == 1
-            tunnel.acked[i], tunnel.queued[i] = counts
+            acked, queued, unread = counts
+            tunnel.acked[i], tunnel.queued[i] = acked, queued + unread
         grown = tunnel.written - before
         transfer = self.shaper.paced(tunnel.key)
         if transfer is not None:  # delivered while paced, and what is still to come (paced)

@@ -70,23 +70,29 @@ def test_set_and_reset_rate():
         assert pacing.get_rate(a) == pacing.UNLIMITED
 
 
-def test_send_counts_read_the_kernel():
-    """Sent bytes are queued until the peer acknowledges them; None once the socket is closed."""
+def test_kernel_counts_read_the_kernel():
+    """Sent bytes are queued until acknowledged; the receiver counts them unread until read.
+
+    None once the socket is closed.
+    """
     import time  # noqa: PLC0415
 
     with socket.create_server(("127.0.0.1", 0)) as srv:
         sender = socket.create_connection(srv.getsockname())
         receiver, _ = srv.accept()
         with sender, receiver:
-            acked, queued = pacing.send_counts(sender) or (-1, -1)
-            assert (acked, queued) in {(0, 0), (1, 0)}  # +1: the SYN once acknowledged
+            acked, queued, unread = pacing.kernel_counts(sender) or (-1, -1, -1)
+            assert (acked, queued, unread) in {(0, 0, 0), (1, 0, 0)}  # +1: the SYN once acked
             sender.sendall(b"x" * 100_000)  # fits the socket buffers: the receiver reads nothing
-            acked, queued = pacing.send_counts(sender) or (-1, -1)
+            acked, queued, _ = pacing.kernel_counts(sender) or (-1, -1, -1)
             assert 100_000 <= acked + queued <= 100_001
             deadline = time.monotonic() + 2
             while queued and time.monotonic() < deadline:  # loopback ACKs come within ms
                 time.sleep(0.01)
-                acked, queued = pacing.send_counts(sender) or (-1, -1)
+                acked, queued, _ = pacing.kernel_counts(sender) or (-1, -1, -1)
             assert (queued, acked - acked % 100_000) == (0, 100_000)
-            assert pacing.send_counts(receiver) in {(0, 0), (1, 0)}
-        assert pacing.send_counts(sender) is None
+            _, _, unread = pacing.kernel_counts(receiver) or (-1, -1, -1)
+            assert unread == 100_000
+            receiver.recv(30_000, socket.MSG_WAITALL)
+            assert pacing.kernel_counts(receiver) in {(0, 0, 70_000), (1, 0, 70_000)}
+        assert pacing.kernel_counts(sender) is None

@@ -30,10 +30,10 @@ SPEC = ThrottleSpec(
 
 
 class Sock:
-    """A socket with kernel send counts (`acked`, `queued`); records pacing rates."""
+    """A socket with kernel counts (`acked`, `queued`, `unread`); records pacing rates."""
 
     def __init__(self) -> None:
-        self.acked = self.queued = 0
+        self.acked = self.queued = self.unread = 0
         self.rates: list[int] = []
 
     def setsockopt(self, _level: int, opt: int, value: Any) -> None:
@@ -64,8 +64,8 @@ class Server:
 
 @pytest.fixture(autouse=True)
 def kernel_counts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kernel's counts (`pacing.send_counts`) of the fake sockets."""
-    monkeypatch.setattr(pacing, "send_counts", lambda sock: (sock.acked, sock.queued))
+    """The kernel's counts (`pacing.kernel_counts`) of the fake sockets."""
+    monkeypatch.setattr(pacing, "kernel_counts", lambda s: (s.acked, s.queued, s.unread))
 
 
 def tunnel(server: Server, *, server_open: bool = True) -> tuple[Any, Any, Sock, Sock]:
@@ -114,6 +114,25 @@ def test_sweep_paces_over_threshold(down, up, active, host, groups, paced):
     if summary is not None:
         assert summary[0] == host
         assert summary[1]["bytes"] == 1_000
+
+
+def test_bytes_still_on_this_host_count_as_paced():
+    """A connection that ends between sweeps is recorded whole.
+
+    What the relay had not yet read from the origin, and what the kernel had not yet
+    delivered, was on its way to the client at the last sweep.
+    """
+    tunnels, server = setup()
+    client, upstream, client_sock, server_sock = tunnel(server)
+    tunnels.watch(client, upstream, "big.test", (), 1.0)
+    client_sock.acked = 150_000
+    tunnels.sweep(1.5)  # paced from here
+    client_sock.acked, client_sock.queued, server_sock.unread = 160_000, 20_000, 300_000
+    tunnels.sweep(2.0)  # the last sweep: the origin has sent everything
+    server.connections.clear()  # both sockets close before the next sweep
+    summary = tunnels.close(client)
+    assert summary is not None
+    assert summary[1]["bytes"] == 10_000 + 20_000 + 300_000
 
 
 def test_window_over_threshold_paces_from_the_hello():

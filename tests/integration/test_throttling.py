@@ -30,17 +30,20 @@ pytestmark = pytest.mark.integration
 CURL = shutil.which("curl")
 
 
-def _curl_upload(proxy, url: str, size: int, headers: tuple[str, ...]) -> tuple[int, str, str]:
-    """POST `size` bytes through the proxy with curl; (status, reference header, body)."""
+def _curl_upload(
+    proxy, url: str, size: int, headers: tuple[str, ...], options: tuple[str, ...] = ()
+) -> tuple[str, int, str, str]:
+    """POST `size` bytes through the proxy with curl; (HTTP version, status, reference, body)."""
     assert CURL is not None
     cmd = [CURL, "-sS", "--max-time", "20", "-x", proxy.url, "-o", "-", "-D", "/dev/stderr",
-           "--data-binary", "@-", *(a for h in headers for a in ("-H", h)), url]  # fmt: skip
+           "--data-binary", "@-", *options, *(a for h in headers for a in ("-H", h)), url]  # fmt: skip
     done = subprocess.run(cmd, input=b"u" * size, capture_output=True, timeout=30, check=False)
     head = done.stderr.decode(errors="replace").lower()
-    status = int(head.split()[1]) if head.startswith("http/") else 0
+    statuses = [line.split()[:2] for line in head.splitlines() if line.startswith("http/")]
+    version, status = statuses[-1] if statuses else ("", "0")  # the last: after CONNECT's 200
     ref = next((x.split(":", 1)[1].strip() for x in head.splitlines()
                 if x.startswith("x-aupguard-reference:")), "")  # fmt: skip
-    return status, ref, done.stdout.decode(errors="replace")
+    return version, int(status), ref, done.stdout.decode(errors="replace")
 
 
 @pytest.mark.skipif(CURL is None, reason="CURL MISSING: blocked-upload test not run")
@@ -52,18 +55,23 @@ def _curl_upload(proxy, url: str, size: int, headers: tuple[str, ...]) -> tuple[
         # answered before the body: sooner than curl's 1 s wait for a 100 Continue
         pytest.param((), 0.9, id="content-length-expect-100-continue"),
         pytest.param(("Transfer-Encoding: chunked",), 0.9, id="chunked-expect-100-continue"),
+        pytest.param(("Expect:",), 5.0, id="https-http2"),
+        pytest.param((), 0.9, id="https-http2-expect-100-continue"),
     ],
 )
 def test_blocked_upload_gets_page(request, proxy_mitmdump, proxy_origins, headers, within):
     """A blocked 6 MB upload gets the 403 with its reference id; the origin receives nothing."""
-    path = f"/forbidden/{request.node.callspec.id}"
+    case = request.node.callspec.id
+    path = f"/forbidden/{case}"
+    url, options, protocol = f"http://localhost:{proxy_origins.http}{path}", (), "http/1.1"
+    if case.startswith("https-http2"):  # intercepted TLS, HTTP/2 between curl and the proxy
+        url = f"https://casino.test{path}"  # blocked by host; localhost is no-decrypt here
+        options, protocol = ("--http2", "--cacert", str(proxy_mitmdump.ca)), "http/2"
     started = time.monotonic()
-    status, ref, body = _curl_upload(
-        proxy_mitmdump, f"http://localhost:{proxy_origins.http}{path}", 6_000_000, headers
-    )
+    version, status, ref, body = _curl_upload(proxy_mitmdump, url, 6_000_000, headers, options)
     took = time.monotonic() - started
     print(f"blocked upload {request.node.callspec.id}: 403 after {took:.3f} s")
-    assert status == 403
+    assert (version, status) == (protocol, 403)
     assert ref
     assert ref in body
     assert took < within
@@ -142,7 +150,9 @@ def _passthrough_download(proxy, origins, pki, source: str, size: int, skip: int
     ("source", "warm_up", "skip", "min_paced"),
     [
         pytest.param("127.0.0.3", False, 3_000_000, 2_000_000, id="paced-once-over-threshold"),
-        pytest.param("127.0.0.4", True, 1_000_000, 5_500_000, id="window-over-paced-from-hello"),
+        # from the hello: nearly all 6 MB (paced only past the 1 MB threshold it would be < 5 MB;
+        # what the origin had not yet handed to this host at the last sweep is not counted)
+        pytest.param("127.0.0.4", True, 1_000_000, 5_300_000, id="window-over-paced-from-hello"),
     ],
 )
 def test_passthrough_paced(
@@ -168,6 +178,7 @@ def test_passthrough_paced(
         ),
     )
     paced = rec["aupguard"]["throttled_bytes"]  # raw TCP bytes: TLS records add a little
+    print(f"pass-through {source}: {paced:,} bytes recorded as paced")
     assert min_paced <= paced <= 6_200_000, json.dumps(rec)
     recorded_rate = paced / (rec["event"]["duration"] / 1e9)
     assert abs(recorded_rate - THROTTLE_RATE) / THROTTLE_RATE <= 0.15, json.dumps(rec)
