@@ -38,6 +38,7 @@ T_OPT = 41
 T_SVCB = 64
 T_HTTPS = 65
 SVC_ECH = 5
+_HINT_SIZES = {4: 4, 6: 16}  # SvcParam ipv4hint / ipv6hint: address size
 RCODE_FORMERR = 1
 RCODE_SERVFAIL = 2
 RCODE_NXDOMAIN = 3
@@ -214,22 +215,50 @@ def truncated(response: bytes, qend: int, *, edns: bool) -> bytes:
     return head + b"\x00\x01" + response[HEADER:qend] + _OPT
 
 
-def strip_ech(rdata: bytes) -> bytes:
-    """SVCB/HTTPS RDATA without the `ech` SvcParam (RFC 9460 key 5); unchanged if malformed."""
+def svc_params(rdata: bytes) -> tuple[int, list[tuple[int, int, int]]] | None:
+    """SVCB/HTTPS RDATA (RFC 9460) as (end of TargetName, [(key, start, end) per SvcParam]).
+
+    `start` is the param's key, `end` one past its value. None if malformed.
+    """
     read = read_name(rdata, 2)
     if read is None:
-        return rdata
-    off = read[1]
-    out = bytearray(rdata[:off])
+        return None
+    off = start = read[1]
+    params: list[tuple[int, int, int]] = []
     while off + 4 <= len(rdata):
         key, length = _HH.unpack_from(rdata, off)
         end = off + 4 + length
         if end > len(rdata):
-            return rdata
-        if key != SVC_ECH:
-            out += rdata[off:end]
+            return None
+        params.append((key, off, end))
         off = end
-    return bytes(out) if off == len(rdata) else rdata
+    return (start, params) if off == len(rdata) else None
+
+
+def strip_ech(rdata: bytes) -> bytes:
+    """SVCB/HTTPS RDATA without the `ech` SvcParam (RFC 9460 key 5); unchanged if malformed."""
+    parsed = svc_params(rdata)
+    if parsed is None:
+        return rdata
+    start, params = parsed
+    return rdata[:start] + b"".join(rdata[s:e] for key, s, e in params if key != SVC_ECH)
+
+
+def address_hints(rdata: bytes) -> list[str]:
+    """The `ipv4hint` and `ipv6hint` addresses of ServiceMode SVCB/HTTPS RDATA.
+
+    Empty for AliasMode (priority 0), which carries none, and for malformed RDATA.
+    """
+    parsed = None if rdata[:2] in (b"", b"\x00", b"\x00\x00") else svc_params(rdata)
+    hints: list[str] = []
+    for key, start, end in parsed[1] if parsed else ():
+        size = _HINT_SIZES.get(key)
+        value = rdata[start + 4 : end]
+        if size and value and len(value) % size == 0:
+            hints += [
+                str(ipaddress.ip_address(value[i : i + size])) for i in range(0, len(value), size)
+            ]
+    return hints
 
 
 def rr_ttl_offsets(data: bytes, qend: int) -> list[tuple[int, int]] | None:

@@ -8,8 +8,9 @@ state directory (`answers` table: name, address, until):
 
 - The DNS query path never waits: `AnswerRecorder.record` puts the upstream reply on a
   bounded queue (full: dropped and counted) and returns; one thread parses the replies
-  (A/AAAA of the question name and its CNAME chain) and commits whatever has queued in one
-  transaction, at once (no linger: a client connects a round trip after its answer).
+  (A/AAAA and HTTPS/SVCB address hints of the question name and its CNAME chain) and commits
+  whatever has queued in one transaction, at once (no linger: a client connects a round trip
+  after its answer).
 - Only upstream answers (cache fills) are recorded, so a row lives at least as long as the
   cache may serve its answer: `until = now + clamp(TTL, min_ttl, max(cache_max_ttl, min_ttl))`
   where `min_ttl` is at least `dns.cache_min_ttl` (see `retention`).
@@ -31,10 +32,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import structlog
-from dnslib import QTYPE, DNSError, DNSRecord
+from dnslib import QTYPE, DNSBuffer, DNSError, DNSRecord
 
 from agent.config import Config
-from agent.dns_wire import label_wire, to_text
+from agent.dns_wire import address_hints, label_wire, to_text
 from agent.shared_state import READ_BUSY_MS, WRITE_BUSY_MS, connect, prepare_store
 
 STORE_FILE = "dns-answers.sqlite3"
@@ -81,8 +82,10 @@ def normalise_address(text: str) -> str:
 def addresses(wire: bytes, name: bytes) -> list[tuple[str, int]]:
     """(address, TTL) of the A/AAAA records for wire name `name` or its CNAME chain.
 
-    Records for other owners (out-of-chain data an upstream added) are ignored. ValueError
-    for a reply that does not parse.
+    The address hints of HTTPS/SVCB records count too: a client may connect to them before
+    (or instead of) asking for A/AAAA, with the SNI of the name it asked about. Records for
+    other owners (out-of-chain data an upstream added) are ignored. ValueError for a reply
+    that does not parse.
     """
     try:
         rrs = DNSRecord.parse(wire).rr
@@ -99,11 +102,18 @@ def addresses(wire: bytes, name: bytes) -> list[tuple[str, int]]:
             if owner in owners and target not in owners:
                 owners.add(target)
                 grew = True
-    return [
-        (normalise_address(str(rr.rdata)), int(rr.ttl))
-        for rr in rrs
-        if rr.rtype in (QTYPE.A, QTYPE.AAAA) and label_wire(rr.rname) in owners
-    ]
+    found: list[tuple[str, int]] = []
+    for rr in rrs:
+        if label_wire(rr.rname) not in owners:
+            continue
+        if rr.rtype in (QTYPE.A, QTYPE.AAAA):
+            found.append((normalise_address(str(rr.rdata)), int(rr.ttl)))
+        elif rr.rtype in (QTYPE.HTTPS, QTYPE.SVCB):
+            rdata = DNSBuffer()
+            rr.rdata.pack(rdata)
+            hints = address_hints(bytes(rdata.data))
+            found += [(normalise_address(hint), int(rr.ttl)) for hint in hints]
+    return found
 
 
 def retention(ttl: int, min_ttl: int, max_ttl: int) -> int:

@@ -182,6 +182,29 @@ def test_strip_ech(rdata: bytes, expect: bytes) -> None:
     assert dns_wire.strip_ech(rdata) == expect
 
 
+V6 = bytes.fromhex("20010db8000000000000000000000001")
+
+
+@pytest.mark.parametrize(
+    ("rdata", "expect"),
+    [
+        pytest.param(
+            _svcb([(1, b"\x02h2"), (4, b"\xc0\x00\x02\x07\xc0\x00\x02\x08"), (6, V6)]),
+            ["192.0.2.7", "192.0.2.8", "2001:db8::1"],
+            id="v4-and-v6-hints",
+        ),
+        pytest.param(_svcb([(1, b"\x02h2")]), [], id="no-hints"),
+        pytest.param(b"\x00\x00\x05alias\x04test\x00", [], id="alias-mode-has-none"),
+        pytest.param(_svcb([(4, b"\xc0\x00\x02")]), [], id="hint-of-odd-length-ignored"),
+        pytest.param(_svcb([(4, b"\xc0\x00\x02\x07")])[:-1], [], id="malformed"),
+        pytest.param(b"\x00", [], id="too-short"),
+    ],
+)
+def test_address_hints(rdata: bytes, expect: list[str]) -> None:
+    """ipv4hint/ipv6hint of ServiceMode RDATA; nothing from AliasMode or malformed RDATA."""
+    assert dns_wire.address_hints(rdata) == expect
+
+
 def test_truncated_keeps_question_and_opt() -> None:
     """A truncated reply has TC, the question, no records and the OPT record."""
     packet = query("big.com", edns=True)
@@ -230,6 +253,7 @@ def test_fuzz_parsers_never_raise(packet: bytes) -> None:
         assert dns_wire.parse_query(reply) == cleaned
     dns_wire.rr_ttl_offsets(packet, min(len(packet), 12)) if len(packet) >= 12 else None
     dns_wire.strip_ech(packet)
+    dns_wire.address_hints(packet)
 
 
 @settings(max_examples=300, deadline=None)

@@ -74,10 +74,27 @@ def cname(name: str, target: str, ttl: int = 60) -> RR:
         ),
         pytest.param([a("BANK.test", "192.0.2.10")], [("192.0.2.10", 60)], id="owner-case"),
         pytest.param([], [], id="nodata"),
+        pytest.param(
+            RR.fromZone(
+                "bank.test. 300 IN HTTPS 1 . alpn=h2 ipv4hint=192.0.2.7 ipv6hint=2001:db8::7"
+            ),
+            [("192.0.2.7", 300), ("2001:db8::7", 300)],
+            id="https-address-hints",
+        ),
+        pytest.param(
+            [
+                cname("bank.test", "edge.cdn.test"),
+                *RR.fromZone("edge.cdn.test. 60 IN HTTPS 1 e1.cdn.test. ipv4hint=198.51.100.9"),
+                *RR.fromZone("evil.test. 60 IN HTTPS 1 . ipv4hint=203.0.113.66"),
+            ],
+            [("198.51.100.9", 60)],
+            id="hints-along-the-chain-only",
+        ),
+        pytest.param(RR.fromZone("bank.test. 60 IN HTTPS 0 edge.cdn.test."), [], id="alias-mode"),
     ],
 )
 def test_addresses(records: list[RR], expected: list[tuple[str, int]]) -> None:
-    """A/AAAA of the question name and its CNAME chain, with their TTLs; nothing else."""
+    """A/AAAA and HTTPS address hints of the name and its CNAME chain, with their TTLs."""
     assert addresses(reply("bank.test", *records), to_wire("bank.test")) == expected
 
 
