@@ -36,14 +36,20 @@ HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    with (
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
-        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t,
-    ):
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
-        t.bind((HOST, port))
-        return int(port)
+    """A loopback port free for both UDP and TCP (a few tries: the TCP side may be taken)."""
+    for _ in range(100):
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t,
+        ):
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+            try:
+                t.bind((HOST, port))
+            except OSError:
+                continue
+            return int(port)
+    raise OSError("no loopback port free for both UDP and TCP")
 
 
 # --- a local upstream: A 192.0.2.1 TTL 300 for every name -----------------------------------
