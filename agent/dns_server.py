@@ -118,6 +118,8 @@ class DnsFilter:
         self.tally = Tally()
         self.runtime = runtime
         self._replays: dict[tuple[str, bytes], Replay] = {}
+        # the writer's fail-closed flag, read on every query: the Event itself, not a property
+        self._halt = recorder.writer.halt if recorder.writer is not None else None
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[CacheKey, asyncio.Future[tuple[bytes, tuple[bytes, ...], str]]] = {}
         self.recent = AnswerRecorder.from_config(runtime.engine.config)  # for the proxy
@@ -151,7 +153,7 @@ class DnsFilter:
             if clean is None or q is None:
                 return clean
             data = clean
-        if self._failing_closed():  # records.spool_full: fail_closed
+        if self._halt is not None and self._halt.is_set():  # records.spool_full: fail_closed
             self.tally.add(DNS_QUERIES, "fail-closed")
             return dns_wire.patch(self.answers.servfail(q), data, q)
         client = self.verdicts.client(ip, now)
@@ -248,7 +250,8 @@ class DnsFilter:
 
     def _replay(self, replay: Replay, data: bytes, ip: str, now: float) -> bytes:
         """Send a remembered answer again: count it, record it, patch in the client's id."""
-        if self._failing_closed() or (
+        halt = self._halt
+        if (halt is not None and halt.is_set()) or (
             self.limiter is not None and not self.limiter.allow(ip, now)
         ):  # (a refused token is not taken: the full path asks the limiter again)
             del self._replays[(ip, data[2:])]
@@ -259,10 +262,6 @@ class DnsFilter:
         if replay.entry is not None:
             replay.refresh(data, now)
         return data[:2] + replay.tail
-
-    def _failing_closed(self) -> bool:
-        writer = self.recorder.writer
-        return writer is not None and writer.failing_closed
 
     def _admit(self, data: bytes, q: Question, client: Client, now: float) -> bytes | None:
         """REFUSED for clients outside allow_clients or over the rate limit, else None."""

@@ -147,7 +147,7 @@ class RecordWriter:
         self._batch_size = batch_size
         self._clock = clock
         self._linger = linger
-        self._halt = halt
+        self.halt = halt  # set while records cannot be kept (spool_full: fail_closed)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders write/flush/close against the close marker
         self._closed = False
@@ -164,7 +164,7 @@ class RecordWriter:
 
         That is a full spool under `records.spool_full: fail_closed`.
         """
-        return self._halt is not None and self._halt.is_set()
+        return self.halt is not None and self.halt.is_set()
 
     def write(self, record: dict[str, Any] | Stamp) -> bool:
         """Queue `record` without blocking; False (and counted) when the queue is full or closed.

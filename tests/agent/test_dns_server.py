@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,10 +102,9 @@ class ListWriter:
     """The writer's interface, keeping records as dicts (templated ones rendered, as the writer
     thread would)."""
 
-    failing_closed = False
-
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        self.halt = threading.Event()
 
     def write(self, record: dict[str, Any] | Stamp) -> bool:
         if isinstance(record, tuple):
@@ -168,12 +168,12 @@ def test_answer_paths(runtime: Runtime, name: str, kind: type) -> None:
 def test_fail_closed_answers_servfail(runtime: Runtime) -> None:
     """While records cannot be kept under `spool_full: fail_closed`, every query gets SERVFAIL."""
     dns, writer = core(runtime)
-    writer.failing_closed = True
+    writer.halt.set()
     for name in ("fine.example", "blocked.test"):
         reply = dns.answer(bytes(DNSRecord.question(name).pack()), "127.0.0.1", 1000.0, udp=True)
         assert isinstance(reply, bytes)
         assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
-    writer.failing_closed = False
+    writer.halt.clear()
     assert isinstance(
         dns.answer(bytes(DNSRecord.question("fine.example").pack()), "127.0.0.1", 1000.0, udp=True),
         Lookup,
@@ -318,7 +318,7 @@ def test_replay_stops_when_inputs_change(runtime: Runtime, tmp_path: Path, chang
         (tmp_path / "blocked.txt").write_text("blocked.test\n")
         assert runtime.reload().ok
     elif change == "fail-closed":
-        writer.failing_closed = True
+        writer.halt.set()
     else:
         dns.answer(query("late.test"), "127.0.0.1", 1000.0, udp=True)  # the burst's last token
     result = dns.answer(query("late.test"), "127.0.0.1", 1000.1, udp=True)

@@ -57,7 +57,7 @@ def test_a_run_of_stamps_renders_each_with_its_own_time_and_id() -> None:
     """A batch crossing a second (and a millisecond) boundary: every line its own stamp."""
     template = RecordTemplate.from_record(slotted(dns_record()))
     assert template is not None
-    times = [NOW + k * 0.2999 for k in range(8)] + [1_795_000_000.9999996]
+    times = [NOW + k * 0.2999 for k in range(8)] + [1_795_000_000.9999996, 1_795_000_001.000042]
     lines = [json.loads(x) for x in render_stamps([(template, t, k) for k, t in enumerate(times)])]
     assert [x["@timestamp"] for x in lines] == [format_timestamp(t) for t in times]
     assert [x["dns"]["id"] for x in lines] == list(range(len(times)))

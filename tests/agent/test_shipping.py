@@ -68,9 +68,9 @@ def test_writer_reports_fail_closed_from_the_syslog_spool(tmp_path: Path) -> Non
     writer = open_writer(section, writer="dns")
     assert writer is not None
     assert not writer.failing_closed
-    assert writer._halt is not None
-    writer._halt.set()  # what a full spool does under fail_closed (tests/integration/test_syslog.py)
+    assert writer.halt is not None
+    writer.halt.set()  # what a full spool does under fail_closed (tests/integration/test_syslog.py)
     assert writer.failing_closed
-    writer._halt.clear()
+    writer.halt.clear()
     assert not writer.failing_closed
     writer.close(5)
