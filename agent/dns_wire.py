@@ -249,9 +249,11 @@ def address_hints(rdata: bytes) -> list[str]:
 
     Empty for AliasMode (priority 0), which carries none, and for malformed RDATA.
     """
-    parsed = None if rdata[:2] in (b"", b"\x00", b"\x00\x00") else svc_params(rdata)
+    parsed = svc_params(rdata)
+    if parsed is None or rdata[:2] == b"\x00\x00":
+        return []
     hints: list[str] = []
-    for key, start, end in parsed[1] if parsed else ():
+    for key, start, end in parsed[1]:
         size = _HINT_SIZES.get(key)
         value = rdata[start + 4 : end]
         if size and value and len(value) % size == 0:
