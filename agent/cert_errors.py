@@ -11,7 +11,6 @@ asks `handler(flow, message)` first and sends its response instead. This and
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from mitmproxy import http
 
 from agent.model import Source
-from agent.pages import PageFacts, Pages, short_body, wants_html
+from agent.pages import PageFacts, Pages, page_time
 from agent.records import new_event_id
 
 Handler = Callable[[http.HTTPFlow, str], "http.Response | None"]
@@ -119,20 +118,15 @@ class CertErrorPages:
         if ev is not None:
             category, clause = ev.decision.category, ev.decision.clause
             self.emit(engine.record(ev, now, event_id=eid, extra=extra))
-        zone = getattr(engine.config, "timezone", dt.UTC)
         facts = PageFacts(
             url=flow.request.pretty_url,
             category=category,
             clause=clause,
-            time=dt.datetime.fromtimestamp(now, zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
+            time=page_time(engine.config, now),
             reference=eid,
             notice=engine.notice.text,
             detail=f"{reason[0].upper()}{reason[1:]} ({flow.request.pretty_host}).",
         )
-        if wants_html(flow.request.headers):
-            body = self.pages.render("error", facts).encode()
-            ctype = "text/html; charset=utf-8"
-        else:
-            body, ctype = short_body("error", facts, flow.request.headers)
+        body, ctype = self.pages.body("error", facts, flow.request.headers)
         headers = {**self.headers, "x-aupguard-reference": eid, "content-type": ctype}
         return http.Response.make(502, body, headers)

@@ -6,7 +6,6 @@ settings parsed once from `ProxySection` (`EnforcerSettings`).
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -19,7 +18,7 @@ from agent.acknowledge import Acknowledgments
 from agent.classifier import host_of
 from agent.metrics import DECISIONS, HTTP_REQUESTS, THROTTLED_BYTES, Tally
 from agent.model import Action, Source
-from agent.pages import PageFacts, Pages, short_body, wants_html
+from agent.pages import PageFacts, Pages, page_time
 from agent.passthrough import Passthroughs
 from agent.pipeline import Evaluation
 from agent.proxy_settings import EnforcerSettings
@@ -249,39 +248,29 @@ class Enforcer:
         href: str | None = None,
     ) -> http.Response:
         engine = self.runtime.engine
-        zone = getattr(engine.config, "timezone", dt.UTC)
         facts = PageFacts(
             url=flow.request.pretty_url,
             category=ev.decision.category,
             clause=ev.decision.clause,
-            time=dt.datetime.fromtimestamp(now, zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
+            time=page_time(engine.config, now),
             reference=reference,
             notice=engine.notice.text,
             continue_href=href,
         )
-        headers = {**SECURITY_HEADERS, "x-aupguard-reference": reference}
-        if wants_html(flow.request.headers):
-            body = self.pages.render(kind, facts).encode()
-            ctype = "text/html; charset=utf-8"
-        else:
-            body, ctype = short_body(kind, facts, flow.request.headers)
-        return http.Response.make(403, body, {**headers, "content-type": ctype})
+        body, ctype = self.pages.body(kind, facts, flow.request.headers)
+        headers = {**SECURITY_HEADERS, "x-aupguard-reference": reference, "content-type": ctype}
+        return http.Response.make(403, body, headers)
 
     def suspended(self, flow: http.HTTPFlow, now: float) -> http.Response:
         """503 for every request while records cannot be kept (`spool_full: fail_closed`)."""
         engine = self.runtime.engine
-        zone = getattr(engine.config, "timezone", dt.UTC)
         reference = new_event_id(now)
         facts = PageFacts(
             url=flow.request.pretty_url, category=None, clause=None,
-            time=dt.datetime.fromtimestamp(now, zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
-            reference=reference, notice=engine.notice.text,
+            time=page_time(engine.config, now), reference=reference, notice=engine.notice.text,
         )  # fmt: skip
+        body, ctype = self.pages.body("suspended", facts, flow.request.headers)
         headers = {**SECURITY_HEADERS, "x-aupguard-reference": reference, "retry-after": "60"}
-        if wants_html(flow.request.headers):
-            body, ctype = self.pages.render("suspended", facts).encode(), "text/html; charset=utf-8"
-        else:
-            body, ctype = short_body("suspended", facts, flow.request.headers)
         return http.Response.make(503, body, {**headers, "content-type": ctype})
 
     # --- TLS ----------------------------------------------------------------------------

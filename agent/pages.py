@@ -7,6 +7,7 @@ with `$`-placeholders; values arrive already escaped).
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import json
 import string
@@ -176,6 +177,12 @@ class Pages:
         }
         return self.template.safe_substitute(values)
 
+    def body(self, kind: str, facts: PageFacts, headers: Mapping[str, str]) -> tuple[bytes, str]:
+        """(body, content type): the HTML page for a navigation, else a short reason."""
+        if wants_html(headers):
+            return self.render(kind, facts).encode(), "text/html; charset=utf-8"
+        return short_body(kind, facts, headers)
+
     def render_notice(self, *, url: str, notice: str, version: str, action: str) -> str:
         """The monitoring-notice page with an "I acknowledge" button posting to `action`."""
         t = self.texts
@@ -191,6 +198,12 @@ class Pages:
             label=_e(t.acknowledge_label),
             contact=_e(t.contact),
         )
+
+
+def page_time(config: object, now: float) -> str:
+    """`now` as a page shows it, in the policy's time zone (UTC when it has none)."""
+    zone = getattr(config, "timezone", dt.UTC)
+    return dt.datetime.fromtimestamp(now, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _e(text: str) -> str:
