@@ -33,10 +33,11 @@ class PacingUnavailableError(RuntimeError):
     """mitmproxy's internals no longer have the shape this module expects."""
 
 
-def connection_socket(proxyserver: Any, client: Any, conn: Any) -> socket.socket | None:
-    """The OS socket of `conn` (the client or server connection of one client's handler).
+def connection_writer(proxyserver: Any, client: Any, conn: Any) -> Any:
+    """The asyncio StreamWriter of `conn`, the client or server connection of `client`.
 
-    None when the connection is gone; PacingUnavailableError when the internals changed.
+    mitmproxy's `Proxyserver.connections[client.id].transports[conn].writer`. None when the
+    connection is gone; PacingUnavailableError when the internals changed.
     """
     try:
         handlers = proxyserver.connections
@@ -49,9 +50,15 @@ def connection_socket(proxyserver: Any, client: Any, conn: Any) -> socket.socket
         io = handler.transports.get(conn)
     except AttributeError as e:
         raise PacingUnavailableError("ConnectionHandler.transports is gone") from e
-    if io is None or io.writer is None:
+    return None if io is None else io.writer
+
+
+def connection_socket(proxyserver: Any, client: Any, conn: Any) -> socket.socket | None:
+    """The OS socket of `conn` (see `connection_writer`); None when the connection is gone."""
+    writer = connection_writer(proxyserver, client, conn)
+    if writer is None:
         return None
-    sock = io.writer.get_extra_info("socket")
+    sock = writer.get_extra_info("socket")
     if sock is None:
         return None
     # asyncio hands out a TransportSocket wrapper; it proxies setsockopt to the real socket

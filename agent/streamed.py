@@ -22,6 +22,8 @@ from typing import Any
 
 from mitmproxy import http
 
+from agent import pacing
+
 ABORT_AFTER = 0.5  # seconds: mitmproxy has closed (or leaked) the connection by then
 DISCARD_MAX_BYTES = 64 << 20  # a blocked body is read and dropped up to this, then reset
 DISCARD_MAX_SECONDS = 60.0  # ... or for this long
@@ -111,11 +113,7 @@ def install() -> None:
 
 def client_transport(proxyserver: Any, client: Any) -> Any:
     """The asyncio transport of `client`'s connection, or None when it is gone."""
-    handler = proxyserver.connections.get(client.id) if proxyserver is not None else None
-    if handler is None:
-        return None
-    io = handler.transports.get(client)
-    writer = getattr(io, "writer", None)
+    writer = None if proxyserver is None else pacing.connection_writer(proxyserver, client, client)
     return None if writer is None else writer.transport
 
 
