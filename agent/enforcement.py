@@ -58,13 +58,7 @@ def flow_hosts(flow: http.HTTPFlow) -> list[str]:
     """Every distinct host this request names: URL/Host header, SNI and CONNECT authority."""
     server = flow.server_conn.address[0] if flow.server_conn.address else None
     host_header = flow.request.host_header  # host_of strips the port (pretty_host re-parses)
-    candidates = (
-        host_header or flow.request.host,
-        flow.request.host,
-        host_header,
-        flow.client_conn.sni,
-        server,
-    )
+    candidates = (host_header, flow.request.host, flow.client_conn.sni, server)
     return list(dict.fromkeys(h for h in map(host_of, candidates) if h))
 
 
