@@ -65,16 +65,14 @@ class Tally:
     Services flush once a second. Single-threaded use (one event loop), like its owners.
     """
 
-    __slots__ = ("cells", "counts")
+    __slots__ = ("cells",)
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
         self.cells: dict[tuple[Counter, tuple[str, ...]], Cell] = {}
 
     def add(self, counter: Counter, *labels: str) -> None:
         """Count one event for `counter` with these label values."""
-        key = (counter, labels)
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self.cell(counter, *labels)[0] += 1
 
     def cell(self, counter: Counter, *labels: str) -> Cell:
         """The cell counting `counter` with these label values (the same one every time)."""
@@ -86,13 +84,10 @@ class Tally:
 
     def flush(self) -> None:
         """Add everything counted since the last flush to the Prometheus counters."""
-        counts, self.counts = self.counts, {}
-        for key, cell in self.cells.items():
+        for (counter, labels), cell in self.cells.items():
             if cell[0]:
-                counts[key] = counts.get(key, 0) + cell[0]
+                (counter.labels(*labels) if labels else counter).inc(cell[0])
                 cell[0] = 0
-        for (counter, labels), n in counts.items():
-            (counter.labels(*labels) if labels else counter).inc(n)
 
 
 def bump(cells: tuple[Cell, ...]) -> None:
