@@ -59,7 +59,6 @@ class Replay:
     is indistinguishable from a fresh decision.
     """
 
-    until: float
     engine: object
     generation: int
     tail: bytes  # the reply after its 2-byte id
@@ -68,6 +67,14 @@ class Replay:
     template: RecordTemplate | None
     entry: Entry | None = None  # a cached answer: `tail` is re-rendered as its TTLs count down
     elapsed: int = 0  # whole seconds since `entry` was stored, when `tail` was rendered
+    until: float = 0.0  # replayed before this time (`extend`)
+
+    def extend(self, now: float) -> bool:
+        """Replay until the end of `now`'s minute or the cached answer's expiry; True if live."""
+        self.until = (now // 60 + 1) * 60  # decisions are re-checked every minute
+        if self.entry is not None:
+            self.until = min(self.until, self.entry.expires)
+        return now < self.until
 
     def refresh(self, query: bytes, now: float) -> None:
         """Re-render a cached answer's tail once per second (its TTLs count down)."""

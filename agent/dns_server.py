@@ -138,12 +138,7 @@ class DnsFilter:
 
     def _renew(self, replay: Replay, now: float) -> bool:
         """Carry a replay into a new minute if its decision and cached answer still hold."""
-        if replay.generation != self.verdicts.generation_at(now):
-            return False
-        replay.until = (now // 60 + 1) * 60
-        if replay.entry is not None:
-            replay.until = min(replay.until, replay.entry.expires)
-        return now < replay.until
+        return replay.generation == self.verdicts.generation_at(now) and replay.extend(now)
 
     def _decide(self, data: bytes, ip: str, now: float, *, udp: bool) -> bytes | Lookup | None:
         """`answer()` for a query that has no replay: parse, admit, decide, answer."""
@@ -169,11 +164,9 @@ class DnsFilter:
                 bump(counts)
                 return job if len(self._inflight) < MAX_INFLIGHT else self._servfail(job)
             if not self.verdicts.cloaked(client, entry.aliases, now):
-                recorded = verdict is not None and self.recorder.wants(verdict[1])
-                return self._settle(job, "cached", counts, entry=entry, recorded=recorded)
+                return self._settle(job, "cached", counts, entry=entry)
             kind = "block"
-        recorded = verdict is not None and self.recorder.writer is not None
-        return self._settle(job, kind, counts, recorded=recorded)
+        return self._settle(job, kind, counts)
 
     def _prepared_kind(
         self, q: Question, verdict: tuple[Request, Decision] | None
@@ -191,58 +184,54 @@ class DnsFilter:
             return "block", counts
         return None, counts
 
-    def _settle(  # noqa: PLR0913  (keyword-only variations of one step)
+    def _settle(
         self,
         job: Lookup,
         kind: str,
         counts: Counts,
         *,
-        recorded: bool,
         entry: Entry | None = None,
         now: float | None = None,
-        remember: bool = True,
     ) -> bytes:
         """Count, record and return a cached or prepared answer; remember it for replays.
 
-        `now` is when the answer was ready (after an upstream lookup); such answers are not
-        remembered, since their records carry the lookup's duration.
+        A cached answer (`entry`) is recorded when the decision wants a record; a prepared
+        one (block, bypass) whenever records are kept. `now` is when the answer was ready
+        (after an upstream lookup); such answers are not remembered, since their records
+        carry the lookup's duration.
         """
         q = job.q
+        remember = now is None
         now = job.started if now is None else now
-        until = (now // 60 + 1) * 60  # decisions are re-checked every minute
         if entry is None:
             reply = dns_wire.patch(self.answers.prepared(q, kind), job.query, q)
         else:
             reply = dns_wire.patch(entry.render(now), job.query, q)
-            until = min(until, entry.expires)
         counts = (*counts, self.tally.cell(DNS_QUERIES, kind))
         bump(counts)
         fitted = self._fit(reply, q, udp=job.udp)
         replayable = remember and job.udp and fitted is reply and len(reply) <= MAX_REPLAY_SIZE
         template = None
-        if recorded and job.verdict is not None:
+        verdict = job.verdict
+        if verdict is not None and (
+            self.recorder.writer is not None if entry is None else self.recorder.wants(verdict[1])
+        ):
             extra = self._extra(job, reply[3] & 0x0F, now, "cache" if entry else "")
             if kind != "cached":
                 extra["aupguard.dns.outcome"] = kind
             if replayable:
-                template = self.recorder.template(job.client, job.verdict, extra)
+                template = self.recorder.template(job.client, verdict, extra)
             if template is None:
-                self.recorder.emit(job.client, job.verdict, now, extra)
+                self.recorder.emit(job.client, verdict, now, extra)
             else:
                 self.recorder.stamp(template, now, q.id)
         if replayable:
             if len(self._replays) >= MAX_REPLAYS:
                 self._replays.clear()
             replay = Replay(
-                until,
-                self.runtime.engine,
-                self.verdicts.generation,
-                reply[2:],
-                q,
-                counts,
-                template,
-                entry,
+                self.runtime.engine, self.verdicts.generation, reply[2:], q, counts, template, entry
             )
+            replay.extend(now)
             if entry is not None:
                 replay.elapsed = int(now - entry.stored)
             self._replays[(job.client.ip, job.query[2:])] = replay
@@ -294,8 +283,7 @@ class DnsFilter:
         now = time.time()
         self.tally.add(DNS_QUERIES, "forwarded")
         if self.verdicts.cloaked(job.client, aliases, now):
-            recorded = job.verdict is not None and self.recorder.writer is not None
-            return self._settle(job, "block", (), recorded=recorded, now=now, remember=False)
+            return self._settle(job, "block", (), now=now)
         if job.verdict is not None and self.recorder.wants(job.verdict[1]):
             self.recorder.emit(
                 job.client, job.verdict, now, self._extra(job, template[3] & 0x0F, now, upstream)
