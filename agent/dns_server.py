@@ -221,6 +221,7 @@ class DnsFilter:
                 extra["aupguard.dns.outcome"] = kind
             if replayable:
                 template = self.recorder.template(job.client, verdict, extra)
+                replayable = template is not None  # a replay must record, from its template
             if template is None:
                 self.recorder.emit(job.client, verdict, now, extra)
             else:

@@ -263,6 +263,17 @@ def test_replay_is_a_fresh_answer(runtime: Runtime, name: str, *, cached: bool) 
     assert two["network"]["transport"] == "udp"
 
 
+def test_a_record_without_a_template_is_never_replayed(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a record cannot be templated, every answer is decided and recorded afresh."""
+    dns, writer = core(runtime)
+    monkeypatch.setattr(dns.recorder, "template", lambda *_a: None)
+    for i in range(3):
+        dns.answer(query("blocked.test", i), "127.0.0.1", 1000.0 + i, udp=True)
+    assert [r["dns"]["id"] for r in writer.records] == [0, 1, 2]
+
+
 def test_replay_counts_metrics(runtime: Runtime) -> None:
     """Replays are counted like fresh answers."""
     dns, _ = core(runtime)
