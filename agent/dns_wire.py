@@ -302,7 +302,13 @@ def set_ttls(data: bytes, offsets: list[tuple[int, int]], elapsed: int) -> bytes
     return bytes(buf)
 
 
-_OPT = b"\x00" + struct.pack("!HHIH", T_OPT, EDNS_SIZE, 0, 0)
+def opt_record(size: int = EDNS_SIZE, *, dnssec_ok: bool = False) -> bytes:
+    """An EDNS0 OPT record (root owner, no options) offering `size`, with the DO bit if asked."""
+    flags = 0x8000 if dnssec_ok else 0  # the TTL field: extended rcode, version, DO|Z
+    return b"\x00" + struct.pack("!HHIH", T_OPT, size, flags, 0)
+
+
+_OPT = opt_record()
 
 
 # --- dnslib: building prepared answers and reading unusual packets ------------------------
@@ -430,8 +436,7 @@ class Answers:
         opt = [rr for rr in rec.ar if rr.rtype == T_OPT]
         clean = data[:4] + b"\x00\x01\x00\x00\x00\x00" + (b"\x00\x01" if opt else b"\x00\x00")
         clean += label_wire(question.qname) + struct.pack("!HH", question.qtype, question.qclass)
-        if opt:
-            flags = opt[0].ttl & 0x8000  # keep the DO bit only
-            clean += b"\x00" + struct.pack("!HHIH", T_OPT, max(opt[0].rclass, 512), flags, 0)
+        if opt:  # keep the size and the DO bit only
+            clean += opt_record(max(opt[0].rclass, 512), dnssec_ok=bool(opt[0].ttl & 0x8000))
         q = parse_query(clean)
         return (clean, q) if q is not None else (error_reply(data, RCODE_FORMERR), None)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from agent import dns_wire
 
-_EDNS_SIZE = 1232
 _BACKOFF = (1.0, 30.0)  # seconds an upstream is skipped after a failure: first, maximum
 
 
@@ -100,8 +99,7 @@ def build_query(
 ) -> bytes:
     """A recursive query with EDNS0 (payload 1232, DO as the client asked) for a wire name."""
     header = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 1)
-    flags = 0x8000 if dnssec_ok else 0  # OPT TTL: extended rcode, version, DO|Z
-    opt = b"\x00" + struct.pack("!HHIH", dns_wire.T_OPT, _EDNS_SIZE, flags, 0)
+    opt = dns_wire.opt_record(dnssec_ok=dnssec_ok)  # payload dns_wire.EDNS_SIZE (1232)
     return header + name + struct.pack("!HH", qtype, qclass) + opt
 
 
