@@ -320,27 +320,24 @@ def _prune(cache_dir: Path, keep: Path) -> None:
     service) must not force a rebuild at the next restart. Processes that mapped a deleted
     file keep their mapping.
     """
-    builds = sorted(cache_dir.glob("index-*.aupidx"), key=_mtime, reverse=True)
-    for old in [b for b in builds if b != keep][KEEP_BUILDS - 1 :]:
+    for old in [b for b in _builds_newest_first(cache_dir) if b != keep][KEEP_BUILDS - 1 :]:
         old.unlink(missing_ok=True)
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def open_latest(cache_dir: Path) -> CompiledIndex | None:
-    """The most recently built index in `cache_dir` (the last good one after a rejected build)."""
+def _builds_newest_first(cache_dir: Path) -> list[Path]:
+    """The index builds in `cache_dir`, most recently written first (vanished ones skipped)."""
     built = []
     for path in cache_dir.glob("index-*.aupidx"):
         try:
             built.append((path.stat().st_mtime_ns, path))
         except OSError:
             continue
-    for _, path in sorted(built, reverse=True):
+    return [path for _, path in sorted(built, reverse=True)]
+
+
+def open_latest(cache_dir: Path) -> CompiledIndex | None:
+    """The most recently built index in `cache_dir` (the last good one after a rejected build)."""
+    for path in _builds_newest_first(cache_dir):
         try:
             return open_index(path)
         except (OSError, ValueError):
