@@ -304,8 +304,9 @@ class DnsFilter:
                 q.name, q.qtype, q.qclass, dnssec_ok=q.dnssec_ok
             )
             template, aliases = self.answers.from_upstream(reply, q)
-            self.cache.put(key, template, q.qend, time.time(), aliases)
-            self.recent.record(q.name, template, time.time())  # queued: never waits
+            now = time.time()
+            self.cache.put(key, template, q.qend, now, aliases)
+            self.recent.record(q.name, template, now)  # queued: never waits
             result = (template, aliases, upstream.label)
             future.set_result(result)
         except (UpstreamError, ValueError) as e:
