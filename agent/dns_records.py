@@ -6,6 +6,7 @@ the count, so a flood never becomes a record flood.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent.config import DnsRecords
@@ -27,6 +28,11 @@ class Recorder:
         self.writer = writer if mode is not DnsRecords.OFF else None
         self.runtime = runtime
         self._trips: dict[tuple[str, str], list[float]] = {}  # (kind, ip) -> [pending, last]
+        # Queue one templated record (template, time, query bytes): the writer's own lock-free
+        # `stamp`, called straight from the hot path; templates exist only with a writer.
+        self.stamp: Callable[[RecordTemplate, float, bytes], None] = (
+            self.writer.stamp if self.writer is not None else _no_writer
+        )
 
     def wants(self, decision: Decision | None) -> bool:
         """Default: blocked/warned/logged queries; `all`: every query."""
@@ -48,11 +54,6 @@ class Recorder:
         if self.writer is None:
             return None
         return RecordTemplate.from_record(slotted(self._build(client, verdict, 0.0, extra)))
-
-    def stamp(self, template: RecordTemplate, now: float, dns_id: int) -> None:
-        """Queue one templated record; the writer thread fills in time and ids."""
-        if self.writer is not None:
-            self.writer.write((template, now, dns_id))
 
     def _build(
         self, client: Client, verdict: tuple[Request, Decision], now: float, extra: dict[str, Any]
@@ -101,3 +102,7 @@ class Recorder:
                 "event.outcome": "failure",
             },
         )
+
+
+def _no_writer(_template: RecordTemplate, _now: float, _query: bytes) -> None:
+    """`Recorder.stamp` with records off: never called, since no template is made."""

@@ -225,7 +225,7 @@ class DnsFilter:
             if template is None:
                 self.recorder.emit(job.client, verdict, now, extra)
             else:
-                self.recorder.stamp(template, now, q.id)
+                self.recorder.stamp(template, now, job.query)
         if replayable:
             if len(self._replays) >= MAX_REPLAYS:
                 self._replays.clear()
@@ -248,7 +248,7 @@ class DnsFilter:
             return self._decide(data, ip, now, udp=True)  # type: ignore[return-value]  # bytes
         bump(replay.counts)
         if replay.template is not None:
-            self.recorder.stamp(replay.template, now, int.from_bytes(data[:2]))
+            self.recorder.stamp(replay.template, now, data)
         if replay.entry is not None:
             replay.refresh(data, now)
         return data[:2] + replay.tail

@@ -4,21 +4,22 @@ Nothing is lost silently: at most `queue_size` records wait, more are dropped, c
 reported as a `records-dropped` record once the queue drains; `close()` drains everything.
 `write()` encodes a record at once, with orjson (under a microsecond): queued strings are
 invisible to the garbage collector, while queued dicts survived every young collection and
-doubled the hot path's cost. DNS records come as `Stamp`s, rendered in the writer thread.
+doubled the hot path's cost. DNS records come through `stamp()` (template, time, query),
+lock-free from the event loop, and are rendered in the writer thread.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from agent.logs import get_logger
-from agent.record_template import Stamp, render_stamps
+from agent.record_template import RecordTemplate, Stamp, render_stamps
 from agent.records import dropped_record, encode
 
 if TYPE_CHECKING:
@@ -148,8 +149,10 @@ class RecordWriter:
         self._clock = clock
         self._linger = linger
         self.halt = halt  # set while records cannot be kept (spool_full: fail_closed)
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._items: deque[object] = deque()  # records, stamps, flush and close markers
         self._lock = threading.Lock()  # orders write/flush/close against the close marker
+        self._idle = False  # the thread waits for `_wake`: only then does a write set it
+        self._wake = threading.Event()
         self._closed = False
         self._reported = 0
         self.dropped = 0  # queue full, unserialisable, or written after close
@@ -166,19 +169,36 @@ class RecordWriter:
         """
         return self.halt is not None and self.halt.is_set()
 
-    def write(self, record: dict[str, Any] | Stamp) -> bool:
+    def write(self, record: dict[str, Any]) -> bool:
         """Queue `record` without blocking; False (and counted) when the queue is full or closed.
 
-        A dict is encoded now (an unserialisable one is logged and counted as dropped); a
-        `Stamp` (template, time, DNS id) is rendered in the writer thread.
+        It is encoded now; an unserialisable one is logged and counted as dropped.
         """
-        item: str | Stamp = record if type(record) is tuple else self._encode(record)
+        item = self._encode(record)
         with self._lock:
-            if item and not self._closed and self._queue.qsize() < self._limit:
-                self._queue.put(item)
+            if item and not self._closed and len(self._items) < self._limit:
+                self._items.append(item)
+                if self._idle:
+                    self._wake.set()
                 return True
             self.dropped += 1
             return False
+
+    def stamp(self, template: RecordTemplate, now: float, query: bytes) -> None:
+        """Queue a DNS record from its template without a lock; counted as dropped when full.
+
+        The DNS filter's hot path: a deque append, under half the cost of `write()`'s lock
+        and queue. Only for the thread that also closes the writer (the event loop's), so
+        nothing orders it against the close marker but that thread itself.
+        """
+        items = self._items
+        if len(items) < self._limit and not self._closed:
+            items.append((template, now, query))
+            if self._idle:
+                self._wake.set()
+        else:
+            with self._lock:
+                self.dropped += 1
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything written so far is in the sinks and flushed; False on timeout."""
@@ -186,7 +206,8 @@ class RecordWriter:
         with self._lock:
             if self._closed or not self._thread.is_alive():
                 return self._closed
-            self._queue.put(done)
+            self._items.append(done)
+            self._wake.set()
         return done.wait(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
@@ -194,7 +215,8 @@ class RecordWriter:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._queue.put(_CLOSE)
+                self._items.append(_CLOSE)
+                self._wake.set()
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -207,17 +229,19 @@ class RecordWriter:
         self.close()
 
     def _run(self) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+        items, popleft, size = self._items, self._items.popleft, self._batch_size
         while True:
-            batch = [get()]
-            try:
-                while len(batch) < self._batch_size:
-                    batch.append(get_nowait())
-            except queue.Empty:
-                pass
+            batch = [popleft() for _ in range(min(size, len(items)))]
+            if not batch:
+                self._idle = True  # announced before the last look, so no write goes unseen
+                if not items:
+                    self._wake.wait()
+                self._idle = False
+                self._wake.clear()
+                continue
             if not self._handle(batch):
                 return
-            if len(batch) < self._batch_size:
+            if len(batch) < size:
                 # Caught up: linger so that records queued meanwhile go in one batch, instead
                 # of each `write()` waking this thread (a futex and a GIL hand-off per record).
                 time.sleep(self._linger)
@@ -231,7 +255,7 @@ class RecordWriter:
                 stamps.append(item)
                 continue
             if stamps:
-                lines += render_stamps(stamps)
+                lines += self._render(stamps)
                 stamps = []
             if type(item) is str:
                 lines.append(item)
@@ -246,11 +270,21 @@ class RecordWriter:
                 self._call_sinks("close")
                 return False
         if stamps:
-            lines += render_stamps(stamps)
+            lines += self._render(stamps)
         self._emit(lines)
-        if self._queue.empty():
+        if not self._items:
             self._report_drops()
         return True
+
+    def _render(self, stamps: list[Stamp]) -> list[str]:
+        """The stamps' lines; a run that fails to render is logged and counted, not fatal."""
+        try:
+            return render_stamps(stamps)
+        except Exception:  # noqa: BLE001 a bug here must not end the thread and every record
+            _log.exception("records.unrenderable", count=len(stamps))
+            with self._lock:
+                self.dropped += len(stamps)
+            return []
 
     @staticmethod
     def _encode(record: object) -> str:

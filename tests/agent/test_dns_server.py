@@ -20,7 +20,7 @@ from agent.dns_records import Recorder
 from agent.dns_server import DnsFilter, Lookup, make_settings
 from agent.dns_wire import Question
 from agent.recent_answers import RecentAnswers, store_path
-from agent.record_template import Stamp
+from agent.record_template import RecordTemplate
 from agent.runtime import Runtime
 
 POLICY = """\
@@ -106,12 +106,12 @@ class ListWriter:
         self.records: list[dict[str, Any]] = []
         self.halt = threading.Event()
 
-    def write(self, record: dict[str, Any] | Stamp) -> bool:
-        if isinstance(record, tuple):
-            template, now, dns_id = record
-            record = json.loads(template.render(now, dns_id))
+    def write(self, record: dict[str, Any]) -> bool:
         self.records.append(record)
         return True
+
+    def stamp(self, template: RecordTemplate, now: float, query: bytes) -> None:
+        self.records.append(json.loads(template.render(now, int.from_bytes(query[:2]))))
 
 
 def dns_runtime(tmp_path: Path, extra: str = "") -> Runtime:

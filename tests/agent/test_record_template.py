@@ -11,6 +11,7 @@ import pytest
 from agent.record_template import RecordTemplate, render_stamps, slotted
 from agent.records import format_timestamp
 from agent.writer import MemorySink, RecordWriter
+from tests.agent.test_writer import BlockingSink
 
 NOW = 1_795_000_000.123456
 
@@ -58,9 +59,11 @@ def test_a_run_of_stamps_renders_each_with_its_own_time_and_id() -> None:
     template = RecordTemplate.from_record(slotted(dns_record()))
     assert template is not None
     times = [NOW + k * 0.2999 for k in range(8)] + [1_795_000_000.9999996, 1_795_000_001.000042]
-    lines = [json.loads(x) for x in render_stamps([(template, t, k) for k, t in enumerate(times)])]
+    ids = [k * 7919 % 65536 for k in range(len(times))]  # both bytes of the id in use
+    stamps = [(template, t, i.to_bytes(2) + b"\x01\x00") for t, i in zip(times, ids, strict=True)]
+    lines = [json.loads(x) for x in render_stamps(stamps)]
     assert [x["@timestamp"] for x in lines] == [format_timestamp(t) for t in times]
-    assert [x["dns"]["id"] for x in lines] == list(range(len(times)))
+    assert [x["dns"]["id"] for x in lines] == ids
     assert [x["event"]["id"][:12] for x in lines] == [f"{int(t * 1000):012x}" for t in times]
     assert all(x["event"]["id"] == x["aupguard"]["reference_id"] for x in lines)
     assert len({x["event"]["id"] for x in lines}) == len(times)
@@ -92,8 +95,41 @@ def test_writer_renders_stamps_in_order_with_dicts() -> None:
     assert template is not None
     with RecordWriter([sink]) as writer:
         writer.write({"n": 1})
-        writer.write((template, NOW, 7))
+        writer.stamp(template, NOW, b"\x00\x07\x01\x00")
         writer.write({"n": 3})
     first, second, third = sink.records()
     assert (first, third) == ({"n": 1}, {"n": 3})
     assert second["dns"]["id"] == 7
+
+
+def test_stamps_past_the_limit_or_after_close_are_counted_not_queued() -> None:
+    """`stamp` is bounded like `write`: over the queue size, or once closed, it counts a drop."""
+    sink = BlockingSink()
+    template = RecordTemplate.from_record(slotted(dns_record()))
+    assert template is not None
+    writer = RecordWriter([sink], queue_size=2)
+    writer.write({"n": 0})
+    assert sink.entered.wait(5)  # the thread is stuck in the sink: stamps wait in the queue
+    for k in range(1, 6):
+        writer.stamp(template, NOW, k.to_bytes(2))
+    assert writer.dropped == 3
+    sink.release.set()
+    assert writer.close(5)
+    writer.stamp(template, NOW, b"\x00\x09")
+    assert writer.dropped == 3 + 1
+    assert [r["dns"]["id"] for r in sink.records() if "dns" in r] == [1, 2]
+
+
+def test_a_stamp_that_cannot_be_rendered_is_counted_and_the_writer_goes_on() -> None:
+    """A run of stamps that fails to render is dropped and reported; later records still go."""
+    sink = MemorySink()
+    template = RecordTemplate.from_record(slotted(dns_record()))
+    assert template is not None
+    with RecordWriter([sink]) as writer:
+        writer.stamp(template, NOW, b"")  # no DNS id to read: the render fails
+        assert writer.flush(5)
+        writer.write({"n": 2})
+    report, after = sink.records()
+    assert (report["event"]["action"], report["aupguard"]["dropped"]) == ("records-dropped", 1)
+    assert after == {"n": 2}
+    assert writer.dropped == 1
