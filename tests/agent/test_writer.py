@@ -51,6 +51,24 @@ def test_writer_preserves_order() -> None:
     writer.close()
 
 
+def test_writer_wakes_for_every_burst() -> None:
+    """Bursts with pauses send the thread idle and wake it again each time: nothing is left
+    waiting (a lost wake-up would leave a burst in the queue until the next write)."""
+    sink = MemorySink()
+    writer = RecordWriter([sink], linger=0)
+    n = 0
+    for burst in range(200):
+        for _ in range(burst % 5):
+            assert writer.write({"n": n})
+            n += 1
+        deadline = time.monotonic() + 5
+        while writer.written < n and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        assert writer.written == n, f"burst {burst}: {n - writer.written} records left queued"
+    writer.close()
+    assert [r["n"] for r in sink.records()] == list(range(n))
+
+
 def test_writer_never_blocks_and_reports_drops() -> None:
     """With the sink stuck, `write` returns at once, counts drops, and a records-dropped record follows the drain."""
     sink = BlockingSink()
