@@ -117,7 +117,10 @@ class DnsFilter:
         self.limiter = ClientRateLimiter(section.rate_limit) if section.rate_limit > 0 else None
         self.tally = Tally()
         self.runtime = runtime
-        self._replays: dict[tuple[str, bytes], Replay] = {}
+        # client ip -> query bytes after the id -> Replay. Per client, so that a lookup
+        # compares one cold key (the query bytes) instead of a tuple of two: ~0.3 µs a query.
+        self._replays: dict[str, dict[bytes, Replay]] = {}
+        self._replays_made = 0  # since the last emptying (MAX_REPLAYS)
         # the writer's fail-closed flag, read on every query: the Event itself, not a property
         self._halt = recorder.writer.halt if recorder.writer is not None else None
         self._allowed: dict[str, bool] = {}
@@ -127,7 +130,8 @@ class DnsFilter:
     def answer(self, data: bytes, ip: str, now: float, *, udp: bool) -> bytes | Lookup | None:
         """The reply to `data` from `ip` (None: drop), or a Lookup that needs the upstreams."""
         if udp:
-            replay = self._replays.get((ip, data[2:]))
+            replays = self._replays.get(ip)
+            replay = None if replays is None else replays.get(data[2:])
             if (
                 replay is not None
                 and replay.engine is self.runtime.engine
@@ -227,15 +231,17 @@ class DnsFilter:
             else:
                 self.recorder.stamp(template, now, job.query)
         if replayable:
-            if len(self._replays) >= MAX_REPLAYS:
+            if self._replays_made >= MAX_REPLAYS:
                 self._replays.clear()
+                self._replays_made = 0
+            self._replays_made += 1
             replay = Replay(
                 self.runtime.engine, self.verdicts.generation, reply[2:], q, counts, template, entry
             )
             replay.extend(now)
             if entry is not None:
                 replay.elapsed = int(now - entry.stored)
-            self._replays[(job.client.ip, job.query[2:])] = replay
+            self._replays.setdefault(job.client.ip, {})[job.query[2:]] = replay
         return fitted
 
     def _replay(self, replay: Replay, data: bytes, ip: str, now: float) -> bytes:
@@ -244,7 +250,7 @@ class DnsFilter:
         if (halt is not None and halt.is_set()) or (
             self.limiter is not None and not self.limiter.allow(ip, now)
         ):  # (a refused token is not taken: the full path asks the limiter again)
-            del self._replays[(ip, data[2:])]
+            del self._replays[ip][data[2:]]
             return self._decide(data, ip, now, udp=True)  # type: ignore[return-value]  # bytes
         bump(replay.counts)
         if replay.template is not None:

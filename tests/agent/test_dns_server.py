@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSRecord
 
+from agent import dns_server
 from agent.config import DnsRecords, DnsSection
 from agent.dns_records import Recorder
 from agent.dns_server import DnsFilter, Lookup, make_settings
@@ -304,6 +305,17 @@ def test_replay_follows_the_question_bytes(runtime: Runtime) -> None:
     reply = dns.answer(query("BLOCKED.test"), "127.0.0.2", 1000.0, udp=True)
     assert isinstance(reply, bytes)
     assert str(DNSRecord.parse(reply).q.qname) == "BLOCKED.test."
+
+
+def test_remembered_answers_are_bounded(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across clients, at most MAX_REPLAYS answers are remembered; then the store starts over."""
+    monkeypatch.setattr(dns_server, "MAX_REPLAYS", 3)
+    dns, _ = core(runtime, allow_clients="127.0.0.0/8")
+    remembered = []
+    for k in range(5):  # 3 remembered, then emptied: 4 and 5 start a new store
+        dns.answer(query(f"x{k}.blocked.test"), f"127.0.0.{k % 2 + 1}", 1000.0, udp=True)
+        remembered.append(sum(len(per_client) for per_client in dns._replays.values()))
+    assert remembered == [1, 2, 3, 1, 2]
 
 
 @pytest.mark.parametrize(
