@@ -120,7 +120,7 @@ class DnsFilter:
         # client ip -> query bytes after the id -> Replay. Per client, so that a lookup
         # compares one cold key (the query bytes) instead of a tuple of two: ~0.3 µs a query.
         self._replays: dict[str, dict[bytes, Replay]] = {}
-        self._replays_made = 0  # since the last emptying (MAX_REPLAYS)
+        self._replays_kept = 0  # answers in `_replays` (bounded by MAX_REPLAYS)
         # the writer's fail-closed flag, read on every query: the Event itself, not a property
         self._halt = recorder.writer.halt if recorder.writer is not None else None
         self._allowed: dict[str, bool] = {}
@@ -231,17 +231,19 @@ class DnsFilter:
             else:
                 self.recorder.stamp(template, now, job.query)
         if replayable:
-            if self._replays_made >= MAX_REPLAYS:
+            if self._replays_kept >= MAX_REPLAYS:
                 self._replays.clear()
-                self._replays_made = 0
-            self._replays_made += 1
+                self._replays_kept = 0
             replay = Replay(
                 self.runtime.engine, self.verdicts.generation, reply[2:], q, counts, template, entry
             )
             replay.extend(now)
             if entry is not None:
                 replay.elapsed = int(now - entry.stored)
-            self._replays.setdefault(job.client.ip, {})[job.query[2:]] = replay
+            kept = self._replays.setdefault(job.client.ip, {})
+            before = len(kept)
+            kept[job.query[2:]] = replay  # a new question, or one whose replay ran out
+            self._replays_kept += len(kept) - before
         return fitted
 
     def _replay(self, replay: Replay, data: bytes, ip: str, now: float) -> bytes:
@@ -251,6 +253,7 @@ class DnsFilter:
             self.limiter is not None and not self.limiter.allow(ip, now)
         ):  # (a refused token is not taken: the full path asks the limiter again)
             del self._replays[ip][data[2:]]
+            self._replays_kept -= 1
             return self._decide(data, ip, now, udp=True)  # type: ignore[return-value]  # bytes
         bump(replay.counts)
         if replay.template is not None:
