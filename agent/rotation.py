@@ -1,9 +1,12 @@
 """Record files with size/time rotation and retention: a RecordSink for `RecordWriter`.
 
-The active file keeps its name (`records.jsonl`); a full or old file is fsynced and renamed
-to `records-20261123T131800Z-0000.jsonl` (the counter orders a clash), so `ls` lists a
-rotation set oldest first. Files are created 0640 whatever the umask, and given to the
-reviewers' `group` when one is configured. Rotated files older than `retention_days`
+The active file keeps its name (`records.jsonl`); a full or old file is renamed to
+`records-20261123T131800Z-0000.jsonl` (the counter orders a clash), so `ls` lists a
+rotation set oldest first, and fsynced by a helper thread: syncing 100 MB in the writer
+thread stalled it long enough to fill the record queue on a busy DNS filter. `flush()` and
+`close()` wait for that sync (and raise its error), so they still promise every record.
+Files are created 0640 whatever the umask, and given to the reviewers' `group` when one is
+configured. Rotated files older than `retention_days`
 (by modification time, i.e. their newest record) are deleted at each rotation and on open.
 """
 
@@ -13,14 +16,18 @@ import grp
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from agent.writer import JsonLinesFileSink
+from agent.logs import get_logger
+from agent.writer import JsonLinesFileSink, sync_and_close
 
 __all__ = ["RotatingFileSink", "rotated_files"]
 
 MODE = 0o640
 DAY = 86_400
+
+_log = get_logger(__name__)
 
 
 def rotated_files(active: str | os.PathLike[str]) -> list[Path]:
@@ -64,6 +71,8 @@ class RotatingFileSink:
         self._clock = clock
         self.rotations = 0
         self.deleted = 0
+        self._syncer: ThreadPoolExecutor | None = None  # fsyncs rotated files, made at need
+        self._syncing: Future[None] | None = None  # the last rotated file's fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._sink, self._size, self._window = self._open()
         self._expire()
@@ -94,13 +103,21 @@ class RotatingFileSink:
         self._size = self.path.stat().st_size
 
     def rotate(self) -> Path:
-        """Close the active file, rename it with its UTC time, open a new one; the new name."""
-        self._sink.close()
+        """Rename the active file with its UTC time and open a new one; the new name.
+
+        The old file is fsynced and closed by a helper thread (one at a time: a rotation
+        waits for the previous one's sync, which is the disk setting the pace).
+        """
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
         for n in range(10_000):  # the counter keeps names unique and in `ls` order
             target = self.path.with_name(f"{self.path.stem}-{stamp}-{n:04d}{self.path.suffix}")
             if not target.exists():
                 break
+        if self._syncing is not None:
+            wait([self._syncing])  # its failure is logged by the task; flush/close raise it
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="aupguard-records-sync")
+        self._syncing = self._syncer.submit(_sync_rotated, self._sink.detach(), target)
         self.path.rename(target)
         _fsync_dir(self.path.parent)
         self.rotations += 1
@@ -119,12 +136,33 @@ class RotatingFileSink:
                 self.deleted += 1
 
     def flush(self) -> None:
-        """Flush and fsync the active file."""
+        """Fsync the active file, and wait for the last rotated file's fsync."""
         self._sink.flush()
+        self._wait_for_sync()
 
     def close(self) -> None:
-        """Flush, fsync and close the active file."""
-        self._sink.close()
+        """Fsync and close the active file, and wait for the last rotated file's fsync."""
+        try:
+            self._sink.close()
+            self._wait_for_sync()
+        finally:
+            if self._syncer is not None:
+                self._syncer.shutdown()
+
+    def _wait_for_sync(self) -> None:
+        """Wait for the last rotated file's fsync; its OSError is raised here."""
+        pending, self._syncing = self._syncing, None
+        if pending is not None:
+            pending.result()
+
+
+def _sync_rotated(fd: int, path: Path) -> None:
+    """The helper thread's task: fsync and close a rotated file, logging a failure."""
+    try:
+        sync_and_close(fd)
+    except OSError:
+        _log.exception("records.rotated_sync_failed", path=str(path))
+        raise
 
 
 def _fsync_dir(path: Path) -> None:

@@ -79,11 +79,22 @@ class JsonLinesFileSink:
     def close(self) -> None:
         """Fsync and close."""
         if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            sync_and_close(self.detach())
+
+    def detach(self) -> int:
+        """Give up the open descriptor without syncing it: the caller syncs and closes it."""
+        if self._fd is None:
+            raise ValueError(f"{self.path}: detach after close")
+        fd, self._fd = self._fd, None
+        return fd
+
+
+def sync_and_close(fd: int) -> None:
+    """Fsync `fd`, then close it whether or not the fsync failed."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.chain import ChainSink, resume_head, verify
 from agent.rotation import DAY, RotatingFileSink, rotated_files
@@ -77,6 +80,62 @@ def test_size_rotation_keeps_every_line_in_order(tmp_path: Path, step: float) ->
     ids = [json.loads(x)["event"]["id"] for p in files for x in p.read_text().splitlines()]
     assert ids == [f"e{i}" for i in range(60)]
     assert sink.rotations == len(files) - 1 > 3
+
+
+HELPER = "aupguard-records-sync"  # the rotated-file sync thread's name prefix
+
+
+class Fsyncs:
+    """os.fsync, noting each call's file (inode) and thread; the helper's fail if asked."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, helper_fails: bool = False) -> None:
+        self.calls: list[tuple[int, str]] = []  # (inode, thread name)
+        self.helper_fails = helper_fails
+        self._fsync = os.fsync
+        monkeypatch.setattr(os, "fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        thread = threading.current_thread().name
+        self.calls.append((os.fstat(fd).st_ino, thread))
+        if self.helper_fails and thread.startswith(HELPER):
+            raise OSError(errno.EIO, "Input/output error")
+        self._fsync(fd)
+
+
+def test_a_rotated_file_is_synced_by_a_helper_and_flush_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread does not sync the whole rotated file itself; flush() still covers it."""
+    fsyncs = Fsyncs(monkeypatch)
+    sink = RotatingFileSink(tmp_path / "records.jsonl", max_bytes=1000, clock=Clock())
+    sink.write_lines(lines(12))
+    sink.write_lines(lines(1, 12))  # rotates first
+    sink.flush()  # returns once the rotated file is synced too
+    rotated, active = rotated_files(tmp_path / "records.jsonl")
+    threads = {thread.split("_")[0] for ino, thread in fsyncs.calls if ino == rotated.stat().st_ino}
+    assert threads == {HELPER}
+    assert (active.stat().st_ino, threading.current_thread().name) in fsyncs.calls
+    sink.close()
+
+
+def test_a_failed_sync_of_a_rotated_file_is_logged_and_raised_at_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotated file that cannot be synced is reported; later records are still written."""
+    Fsyncs(monkeypatch, helper_fails=True)
+    sink = RotatingFileSink(tmp_path / "records.jsonl", max_bytes=1000, clock=Clock())
+    sink.write_lines(lines(12))
+    with capture_logs() as logs:
+        sink.write_lines(lines(1, 12))  # rotates; the rotated file's sync fails meanwhile
+        with pytest.raises(OSError, match="Input/output error"):
+            sink.flush()
+    assert [e["event"] for e in logs] == ["records.rotated_sync_failed"]
+    sink.write_lines(lines(1, 13))
+    sink.close()
+    ids = [
+        json.loads(x)["event"]["id"] for x in (tmp_path / "records.jsonl").read_text().splitlines()
+    ]
+    assert ids == ["e12", "e13"]
 
 
 def test_time_rotation_at_window_boundary(tmp_path: Path) -> None:
