@@ -65,24 +65,31 @@ def render_stamps(stamps: Sequence[Stamp]) -> list[str]:
     """Each stamp's JSON line, in order: the writer thread's inner loop, so kept flat.
 
     The timestamp is `records.format_timestamp` and the event id `records.new_event_id`
-    (48-bit milliseconds + 56 random bits), inlined without format specs: a third of the
-    cost of calling them (tested against them).
+    (48-bit milliseconds + 56 random bits), inlined: what changes once a millisecond is
+    built once a millisecond (a busy filter stamps dozens of records in each), and the rest
+    comes from a digit table instead of format specs. About a third of the cost of calling
+    them (tested against them). The id's milliseconds are the timestamp's.
     """
     random = os.urandom(7 * len(stamps)).hex()
     lines: list[str] = []
     append = lines.append
-    second, prefix = -1, ""
+    last_ms, ts_ms, id_ms = -1, "", ""
     at = 0
     for template, now, query in stamps:
-        sec, micros = divmod(round(now * 1_000_000), 1_000_000)
-        if sec != second:
-            second, prefix = sec, iso_second(sec)
-        ms, us = divmod(micros, 1000)
-        event_id = hex(int(now * 1000) | _BIT48)[3:] + random[at : at + 14]
-        at += 14
+        micros = round(now * 1_000_000)
+        ms = micros // 1000
+        if ms != last_ms:
+            last_ms = ms
+            sec, in_sec = divmod(ms, 1000)
+            ts_ms = f'"{iso_second(sec)}.{_DIGITS3[in_sec]}'
+            id_ms = hex(ms | _BIT48)[3:]
         a, b, c, d, e = template.pieces
-        ts = f"{prefix}.{_DIGITS3[ms]}{_DIGITS3[us]}Z"
-        append(f'{a}"{ts}"{b}"{event_id}"{c}{query[0] << 8 | query[1]}{d}"{event_id}"{e}')
+        rnd = random[at : at + 14]
+        at += 14
+        append(
+            f'{a}{ts_ms}{_DIGITS3[micros % 1000]}Z"{b}"{id_ms}{rnd}"{c}'
+            f'{query[0] << 8 | query[1]}{d}"{id_ms}{rnd}"{e}'
+        )
     return lines
 
 

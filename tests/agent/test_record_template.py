@@ -64,7 +64,10 @@ def test_a_run_of_stamps_renders_each_with_its_own_time_and_id() -> None:
     lines = [json.loads(x) for x in render_stamps(stamps)]
     assert [x["@timestamp"] for x in lines] == [format_timestamp(t) for t in times]
     assert [x["dns"]["id"] for x in lines] == ids
-    assert [x["event"]["id"][:12] for x in lines] == [f"{int(t * 1000):012x}" for t in times]
+    # the id's milliseconds are the timestamp's, also where rounding carries into a new second
+    assert [x["event"]["id"][:12] for x in lines] == [
+        f"{round(t * 1_000_000) // 1000:012x}" for t in times
+    ]
     assert all(x["event"]["id"] == x["aupguard"]["reference_id"] for x in lines)
     assert len({x["event"]["id"] for x in lines}) == len(times)
 
