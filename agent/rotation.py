@@ -2,8 +2,9 @@
 
 The active file keeps its name (`records.jsonl`); a full or old file is renamed to
 `records-20261123T131800Z-0000.jsonl` (the counter orders a clash), so `ls` lists a
-rotation set oldest first, and fsynced by a helper thread: syncing 100 MB in the writer
-thread stalled it long enough to fill the record queue on a busy DNS filter. `flush()` and
+rotation set oldest first, and fsynced by a helper thread, with the directory: syncing
+100 MB (or, on ext4, the directory) in the writer thread stalled it long enough to fill the
+record queue on a busy DNS filter. `flush()` and
 `close()` wait for that sync (and raise its error), so they still promise every record.
 Files are created 0640 whatever the umask, and given to the reviewers' `group` when one is
 configured. Rotated files older than `retention_days` (by modification time, i.e. their
@@ -119,7 +120,6 @@ class RotatingFileSink:
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="aupguard-records-sync")
         self._syncing = self._syncer.submit(_sync_rotated, self._sink.detach(), target)
         self.path.rename(target)
-        _fsync_dir(self.path.parent)
         self.rotations += 1
         self._sink, self._size, self._window = self._open()
         self._expire()
@@ -157,9 +157,16 @@ class RotatingFileSink:
 
 
 def _sync_rotated(fd: int, path: Path) -> None:
-    """The helper thread's task: fsync and close a rotated file, logging a failure."""
+    """The helper thread's task: fsync and close a rotated file, then fsync the directory.
+
+    The directory's fsync makes the new name and the new active file's entry durable. It is
+    here, not in the writer thread, because on ext4 it waits for a journal commit that
+    writes the rotated file's data: 10-180 ms, in which a busy DNS filter queued more
+    records than the queue holds.
+    """
     try:
         sync_and_close(fd)
+        _fsync_dir(path.parent)
     except OSError:
         _log.exception("records.rotated_sync_failed", path=str(path))
         raise
