@@ -4,8 +4,8 @@ The active file keeps its name (`records.jsonl`); a full or old file is renamed 
 `records-20261123T131800Z-0000.jsonl` (the counter orders a clash), so `ls` lists a
 rotation set oldest first, and fsynced by a helper thread, with the directory: syncing
 100 MB (or, on ext4, the directory) in the writer thread stalled it long enough to fill the
-record queue on a busy DNS filter. `flush()` and
-`close()` wait for that sync (and raise its error), so they still promise every record.
+record queue on a busy DNS filter. `flush()` and `close()` wait for that sync (and raise its
+error), so they still promise every record.
 Files are created 0640 whatever the umask, and given to the reviewers' `group` when one is
 configured. Rotated files older than `retention_days` (by modification time, i.e. their
 newest record) are deleted at each rotation and on open.
