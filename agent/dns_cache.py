@@ -8,6 +8,7 @@ the SOA minimum, clamped to `negative_ttl` (RFC 2308).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -66,7 +67,7 @@ class Replay:
     counts: tuple[Cell, ...]  # Tally cells: counted again on every replay
     template: RecordTemplate | None
     entry: Entry | None = None  # a cached answer: `tail` is re-rendered as its TTLs count down
-    elapsed: int = 0  # whole seconds since `entry` was stored, when `tail` was rendered
+    refresh_at: float = math.inf  # when `tail`'s TTLs are a second too high (`rendered`)
     until: float = 0.0  # replayed before this time (`extend`)
 
     def extend(self, now: float) -> bool:
@@ -76,12 +77,21 @@ class Replay:
             self.until = min(self.until, self.entry.expires)
         return now < self.until
 
-    def refresh(self, query: bytes, now: float) -> None:
-        """Re-render a cached answer's tail once per second (its TTLs count down)."""
+    def rendered(self, now: float) -> None:
+        """Note that `tail` holds a cached answer's TTLs as of `now`'s whole second.
+
+        The hot path compares one float (`now >= refresh_at`) on every replay.
+        """
         entry = self.entry
-        if entry is not None and int(now - entry.stored) != self.elapsed:
-            self.elapsed = int(now - entry.stored)
+        if entry is not None:
+            self.refresh_at = entry.stored + int(now - entry.stored) + 1
+
+    def refresh(self, query: bytes, now: float) -> None:
+        """Re-render a cached answer's tail with its TTLs counted down to `now`."""
+        entry = self.entry
+        if entry is not None:
             self.tail = dns_wire.patch(entry.render(now), query, self.question)[2:]
+            self.rendered(now)
 
 
 class DnsCache:

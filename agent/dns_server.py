@@ -238,8 +238,7 @@ class DnsFilter:
                 self.runtime.engine, self.verdicts.generation, reply[2:], q, counts, template, entry
             )
             replay.extend(now)
-            if entry is not None:
-                replay.elapsed = int(now - entry.stored)
+            replay.rendered(now)
             kept = self._replays.setdefault(job.client.ip, {})
             before = len(kept)
             kept[job.query[2:]] = replay  # a new question, or one whose replay ran out
@@ -258,7 +257,7 @@ class DnsFilter:
         bump(replay.counts)
         if replay.template is not None:
             self.recorder.stamp(replay.template, now, data)
-        if replay.entry is not None:
+        if now >= replay.refresh_at:  # a cached answer: its TTLs counted down a second
             replay.refresh(data, now)
         return data[:2] + replay.tail
 

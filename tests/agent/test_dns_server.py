@@ -290,11 +290,12 @@ def test_cached_replay_counts_ttl_down(runtime: Runtime) -> None:
     dns, _ = core(runtime)
     fill_cache(dns, "fine.example", 30, 1000.0)
     ttls = []
-    for now in (1000.0, 1003.5, 1010.0):
+    times = (1000.0, 1000.999, 1001.0, 1003.5, 1003.999, 1004.0, 1010.0)
+    for now in times:
         reply = dns.answer(query("fine.example"), "127.0.0.1", now, udp=True)
         assert isinstance(reply, bytes)
         ttls.append(DNSRecord.parse(reply).rr[0].ttl)
-    assert ttls == [30, 27, 20]
+    assert ttls == [30, 30, 29, 27, 27, 26, 20]
     assert isinstance(dns.answer(query("fine.example"), "127.0.0.1", 1031.0, udp=True), Lookup)
 
 
