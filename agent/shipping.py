@@ -9,10 +9,11 @@ of sent lines; when the connection turns out dead (peer closed, send error or ti
 go back to the spool ahead of new lines and are sent again after the reconnect. Records keep
 their `event.id`, so the collector (or a reviewer) recognises the duplicates. While the
 collector is unreachable, lines go to a bounded spool file (0640) and are delivered in order
-when it returns. At `near_full` of the spool a loud warning is logged and counted; when it is
-full the `SpoolFull` policy applies: DROP counts what was dropped and sends a
-`records-dropped` record once the spool drains; FAIL_CLOSED additionally sets `fail_closed`,
-an Event enforcement points read to block until the spool has drained.
+when it returns; connection attempts run on a helper thread, so an unanswering collector
+never holds up the writer thread. At `near_full` of the spool a loud warning is logged and
+counted; when it is full the `SpoolFull` policy applies: DROP counts what was dropped and
+sends a `records-dropped` record once the spool drains; FAIL_CLOSED additionally sets
+`fail_closed`, an Event enforcement points read to block until the spool has drained.
 RELP is not used: see docs/records-ops.md.
 """
 
@@ -28,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +50,7 @@ __all__ = ["Spool", "SpoolFull", "SyslogSink", "frame", "record_sinks", "tls_con
 _log = get_logger(__name__)
 _ENCODE_BATCH = 1000
 _MAX_RETRY = 30.0
+_CONNECT_WAIT = 0.05  # what the writer thread waits for a connection attempt it starts
 
 
 class SpoolFull(enum.StrEnum):
@@ -215,6 +218,8 @@ class SyslogSink:
         self._recent_size = 0
         self._next_try = 0.0
         self._delay = retry_seconds
+        self._connector: ThreadPoolExecutor | None = None
+        self._attempt: Future[socket.socket | None] | None = None
         self._alerted = False
         self.fail_closed = threading.Event()
         self.sent = self.spooled = self.resent = self.dropped = self._reported = 0
@@ -223,16 +228,51 @@ class SyslogSink:
     # --- connection -------------------------------------------------------------------
 
     def _connect(self, *, force: bool = False) -> bool:
-        """Connect unless connected; retries back off from `retry_seconds` to 30 s unless forced."""
+        """True when connected; else a connection attempt is started or still under way.
+
+        Attempts run on a helper thread, and the writer thread waits for one only 50 ms, so a
+        collector that does not answer (a firewall dropping SYNs costs the whole `timeout`)
+        holds it up no longer; its lines go to the spool meanwhile. Retries back off from
+        `retry_seconds` to 30 s. `force` (flush, close) waits for the attempt under way and,
+        if it failed (it may have begun before the collector came back), tries once more: at
+        most twice `timeout`.
+        """
         if self._sock is not None and not _dead(self._sock, self._timeout):
             return True
         if self._sock is not None:
             self._lost("collector closed the connection")
+        attempt = self._attempt
+        if attempt is not None and (force or attempt.done()):
+            if self._outcome():
+                return True
+            attempt = None
+        if attempt is not None:
+            return False  # still under way
         now = self._clock()
         if not force and now < self._next_try:
             return False
         self._next_try = now + self._delay
         self._delay = min(self._delay * 2, _MAX_RETRY)
+        if self._connector is None:
+            self._connector = ThreadPoolExecutor(1, thread_name_prefix="aupguard-syslog-connect")
+        attempt = self._attempt = self._connector.submit(self._open)
+        if not force:  # a collector that answers is connected at once, with these lines
+            wait([attempt], timeout=_CONNECT_WAIT)
+        return (force or attempt.done()) and self._outcome()
+
+    def _outcome(self) -> bool:
+        """Wait for the connection attempt under way; True when it connected."""
+        attempt, self._attempt = self._attempt, None
+        sock = attempt.result() if attempt is not None else None  # _open logs a failure
+        if sock is None:
+            return False
+        self._sock = sock
+        self._delay = self._retry
+        self.reconnects += 1
+        return True
+
+    def _open(self) -> socket.socket | None:
+        """A new connection to the collector (TLS if configured); None, logged, on failure."""
         sock: socket.socket | None = None
         try:
             sock = socket.create_connection(self.address, timeout=self._timeout)
@@ -242,11 +282,8 @@ class SyslogSink:
             if sock is not None:
                 sock.close()
             _log.warning("records.syslog_unreachable", address=self.address, error=str(e))
-            return False
-        self._sock = sock
-        self._delay = self._retry
-        self.reconnects += 1
-        return True
+            return None
+        return sock
 
     def _lost(self, why: str) -> None:
         """Close a dead connection; lines it may have swallowed go back to the spool."""
@@ -356,8 +393,14 @@ class SyslogSink:
         """Flush and close; undelivered lines stay in the spool for the next start."""
         self.flush()
         if self._sock is not None:
+            # Read what the collector sent first (TLS 1.3 session tickets): a socket closed
+            # with unread bytes resets the connection, which can cost the collector the
+            # last lines still in its receive buffer.
+            _dead(self._sock, self._timeout)
             self._sock.close()
             self._sock = None
+        if self._connector is not None:
+            self._connector.shutdown()
         self.spool.close()
 
 

@@ -225,6 +225,31 @@ def test_queue_full_never_blocks_the_decision_path(tmp_path: Path) -> None:
     writer.close(30)
 
 
+def test_an_unanswering_collector_never_holds_up_the_writer_thread(tmp_path: Path) -> None:
+    """A collector whose SYNs are dropped: the lines spool at once; the attempt waits elsewhere.
+
+    A full accept queue drops SYNs the way a firewall does, so a connect hangs for its whole
+    timeout; that wait must not be the writer thread's (it writes every other sink too).
+    """
+    port = free_port()
+    blackhole = socket.create_server(("127.0.0.1", port), backlog=0)
+    filler = socket.create_connection(("127.0.0.1", port))  # fills the accept queue
+    with pytest.raises(TimeoutError):  # the precondition: a connect now hangs
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    sink = sink_to(port, tmp_path, timeout=4.0)
+    lines = [json.dumps(record(i)) for i in range(20)]
+    started = time.monotonic()
+    for i in range(0, 20, 5):
+        sink.write_lines(lines[i : i + 5])
+    assert time.monotonic() - started < 2.0  # not the 4 s connect timeout
+    assert sink.spool.depth == 20
+    assert sink.reconnects == 0
+    filler.close()
+    blackhole.close()
+    sink.close()  # waits for the attempt's outcome; the lines stay spooled
+    assert sink.spool.depth == 20
+
+
 class Collector:
     """A tiny octet-counting syslog receiver (optionally TLS) in a thread."""
 
