@@ -6,6 +6,7 @@ rotation set oldest first, and fsynced by a helper thread, with the directory: s
 100 MB (or, on ext4, the directory) in the writer thread stalled it long enough to fill the
 record queue on a busy DNS filter. `flush()` and `close()` wait for that sync (and raise its
 error), so they still promise every record.
+
 Files are created 0640 whatever the umask, and given to the reviewers' `group` when one is
 configured. Rotated files older than `retention_days` (by modification time, i.e. their
 newest record) are deleted at each rotation and on open.
