@@ -12,6 +12,7 @@ gateway's environment). Needs root: skipped with the reason otherwise. See docs/
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -32,8 +33,12 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
-BUSINESS = "@2026-11-23 10:00:00"  # a Monday, inside the test schedule
-AFTER_HOURS = "@2026-11-23 21:00:00"
+# The gateway's faked clock: today (UTC), so that it stays within a day of the real clock and
+# inside the validity of certificates made now (ours, and mitmproxy's leaves: both start two
+# days back). The test schedule covers every day of the week.
+TODAY = dt.datetime.now(dt.UTC).date().isoformat()
+BUSINESS = f"@{TODAY} 10:00:00"  # inside the test schedule
+AFTER_HOURS = f"@{TODAY} 21:00:00"
 BIG = 2_000_000  # bytes: over the throttle threshold
 RATE = 400_000  # bytes/s per client while throttled: BIG takes ~5 s paced
 
@@ -43,7 +48,7 @@ policy:
   timezone: UTC
   default_action: allow
   schedules:
-    business-hours: {{days: [mon, tue, wed, thu, fri], start: "08:00", end: "17:00", skip_holidays: false}}
+    business-hours: {{days: [mon, tue, wed, thu, fri, sat, sun], start: "08:00", end: "17:00", skip_holidays: false}}
   categories:
     gambling: {{clause: "Gambling on state systems is prohibited.", lists: [gambling.txt]}}
   groups:
@@ -406,7 +411,7 @@ def test_gateway_end_to_end(lab: Lab) -> None:
     step("throttle record", bool(throttled) and throttled[0]["aupguard"].get("throttled_bytes") == BIG,
          [r["event"] for r in find(recs, url__domain="big.test")])  # fmt: skip
     step("records carry the gateway's (faked) business-hours time",
-         all(r["@timestamp"].startswith("2026-11-23T10:") for r in recs), {r["@timestamp"] for r in recs})  # fmt: skip
+         all(r["@timestamp"].startswith(f"{TODAY}T10:") for r in recs), {r["@timestamp"] for r in recs})  # fmt: skip
     gw.stop()
 
     # 6. the same download after hours is not paced
@@ -422,7 +427,7 @@ def test_gateway_end_to_end(lab: Lab) -> None:
     )
     gw.stop()
     late = [
-        r for r in read_records(d / "records.jsonl") if r["@timestamp"].startswith("2026-11-23T21:")
+        r for r in read_records(d / "records.jsonl") if r["@timestamp"].startswith(f"{TODAY}T21:")
     ]
     step("after-hours download recorded, not throttled",
          [r["event"]["action"] for r in late] == ["allow"], [r["event"] for r in late])  # fmt: skip
