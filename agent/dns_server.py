@@ -35,7 +35,15 @@ from agent.config import DnsRecords, DnsSection, IPNetwork, parse_network
 from agent.dns_cache import CacheKey, DnsCache, Entry, Replay, Verdicts
 from agent.dns_records import TRIP_INTERVAL, Recorder
 from agent.dns_wire import Answers, Question
-from agent.metrics import BYPASS_ATTEMPTS, DECISIONS, DNS_QUERIES, Cell, Tally, bump
+from agent.metrics import (
+    BYPASS_ATTEMPTS,
+    DECISIONS,
+    DNS_QUERIES,
+    DNS_REPLIES_UNSENT,
+    Cell,
+    Tally,
+    bump,
+)
 from agent.model import Client, Decision, Request
 from agent.recent_answers import AnswerRecorder
 from agent.runtime import Runtime, settle_gc
@@ -381,33 +389,75 @@ class DnsFilter:
 # --- transports -----------------------------------------------------------------------------
 
 
-class UdpServer(asyncio.DatagramProtocol):
-    """Answers from the fast path inline; upstream lookups run as kept tasks."""
+class UdpServer:
+    """UDP straight from a non-blocking socket, read in bounded runs whenever it is readable.
 
-    def __init__(self, core: DnsFilter) -> None:
+    Not asyncio's datagram transport: answering from the socket directly spares uvloop's
+    per-datagram address conversion and transport bookkeeping, 0.2 µs of a 4.2 µs query
+    (bench_dns, records off). A run stops after `RUN` datagrams, so that TCP, lookups and
+    timers get their turn during a flood. A reply the kernel will not take (send buffer
+    full, say) is dropped and counted in `aupguard_dns_replies_unsent_total`: the client asks
+    again, as it does after any lost datagram.
+    """
+
+    RUN = 64
+    MAX_QUERY = 4096  # as over TCP: a longer datagram is no query this filter answers
+
+    def __init__(self, core: DnsFilter, sock: socket.socket) -> None:
         self.core = core
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.unsent = core.tally.cell(DNS_REPLIES_UNSENT)
+        # One buffer, copied out at the datagram's size: `recvfrom(4097)` would take 4 KiB from
+        # the C allocator per datagram and shrink it, and a query kept for a record would
+        # then be freed by the writer thread, which costs both threads (bench_dns).
+        self.buffer = memoryview(bytearray(self.MAX_QUERY + 1))
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the socket's transport."""
-        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint
+    def start(self) -> None:
+        """Answer datagrams from now on (on the running loop)."""
+        self.sock.setblocking(False)  # noqa: FBT003  (the stdlib signature)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self.readable)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
-        """Answer one datagram; never raises (a bad packet is dropped)."""
+    def close(self) -> None:
+        """Stop reading and close the socket (lookups under way send nothing more)."""
+        if self.sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    def readable(self) -> None:
+        """Answer up to `RUN` waiting datagrams; never raises (a bad packet is dropped)."""
+        recv, buffer = self.sock.recvfrom_into, self.buffer
+        answer, clock = self.core.answer, time.time
+        for _ in range(self.RUN):
+            try:
+                size, addr = recv(buffer)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # an error queued on the socket (Linux: none without IP_RECVERR)
+            if size > self.MAX_QUERY:
+                continue
+            data = buffer[:size].tobytes()
+            try:
+                result = answer(data, addr[0], clock(), udp=True)
+            except (ValueError, IndexError, UnicodeError) as e:  # a packet we failed to read
+                log_event("dns_bad_packet", client=addr[0], error=repr(e))
+                continue
+            if type(result) is bytes:
+                self.send(result, addr)
+            elif isinstance(result, Lookup):
+                spawn(self._later(result, addr))
+
+    def send(self, reply: bytes, addr: tuple[Any, ...]) -> None:
+        """Send without waiting; a reply the kernel refuses is counted, not queued."""
         try:
-            result = self.core.answer(data, str(addr[0]), time.time(), udp=True)
-        except (ValueError, IndexError, UnicodeError) as e:  # a packet we failed to read: drop
-            log_event("dns_bad_packet", client=str(addr[0]), error=repr(e))
-            return
-        if isinstance(result, Lookup):
-            spawn(self._later(result, addr))
-        elif result is not None and self.transport is not None:
-            self.transport.sendto(result, addr)
+            self.sock.sendto(reply, addr)
+        except OSError:  # EAGAIN (buffer full), or the socket closed under a late lookup
+            self.unsent[0] += 1
 
-    async def _later(self, job: Lookup, addr: tuple[str | Any, ...]) -> None:
+    async def _later(self, job: Lookup, addr: tuple[Any, ...]) -> None:
         reply = await self.core.lookup(job)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+        if self.sock.fileno() >= 0:
+            self.send(reply, addr)
 
 
 class TcpServer:
@@ -493,8 +543,8 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
     closers: list[Any] = []
     bound = []
     for host, port in settings.listen:
-        transport, server, actual = await _bind(core, tcp, host, port)
-        closers += [transport, server]
+        udp, server, actual = await _bind(core, tcp, host, port)
+        closers += [udp, server]
         bound.append(f"[{host}]:{actual}" if ":" in host else f"{host}:{actual}")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -523,33 +573,42 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
 
 async def _bind(
     core: DnsFilter, tcp: TcpServer, host: str, port: int
-) -> tuple[asyncio.DatagramTransport, asyncio.Server, int]:
+) -> tuple[UdpServer, asyncio.Server, int]:
     """UDP and TCP listeners on one port; port 0 retries until both get the same free port."""
-    loop = asyncio.get_running_loop()
     for attempt in range(20):
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: UdpServer(core), local_addr=(host, port)
-        )
-        _grow_buffers(transport.get_extra_info("socket"))
-        actual = int(transport.get_extra_info("sockname")[1])
+        udp = UdpServer(core, udp_socket(host, port))
+        udp.start()
+        actual = int(udp.sock.getsockname()[1])
         try:
             server = await asyncio.start_server(tcp.serve, host, actual, reuse_address=True)
         except OSError:
-            transport.close()
+            udp.close()
             if port != 0 or attempt == 19:
                 raise
             continue
-        return transport, server, actual
+        return udp, server, actual
     raise OSError(f"no free port on {host}")  # unreachable: the loop raises first
 
 
-def _grow_buffers(sock: socket.socket | None) -> None:
-    """Ask for 4 MiB socket buffers: bursts queue in the kernel instead of being lost."""
-    if sock is None:
-        return
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+def udp_socket(host: str, port: int) -> socket.socket:
+    """A bound UDP socket with 4 MiB buffers (bursts queue in the kernel, not lost).
+
+    IPv6 sockets are IPv6-only, as asyncio makes TCP ones: `0.0.0.0:53` and `[::]:53` can
+    both be listened on.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def _sweep(recorder: Recorder, tally: Tally, stop: asyncio.Event) -> None:

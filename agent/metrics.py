@@ -36,6 +36,9 @@ DECISIONS = Counter(
     ["source", "action", "category"],
 )
 DNS_QUERIES = Counter("aupguard_dns_queries", "DNS queries answered, by result.", ["result"])
+DNS_REPLIES_UNSENT = Counter(
+    "aupguard_dns_replies_unsent", "UDP replies the kernel would not take (send buffer full)."
+)
 HTTP_REQUESTS = Counter("aupguard_http_requests", "Proxy requests seen, by scheme.", ["scheme"])
 UPSTREAM_LATENCY = Histogram(
     "aupguard_upstream_latency_seconds",

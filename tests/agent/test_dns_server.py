@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -520,3 +522,68 @@ def test_do_and_plain_questions_are_resolved_and_cached_apart(runtime: Runtime) 
         opt = [rr for rr in DNSRecord.parse(result).ar if rr.rtype == QTYPE.OPT]
         assert bool(opt[0].ttl & 0x8000) is do
     assert asked == [True, False]  # the third came from the cache
+
+
+# --- the UDP transport ------------------------------------------------------------------------
+
+
+class RefusingSocket:
+    """A real bound socket whose sends fail for the listed replies (kernel buffer full)."""
+
+    def __init__(self, sock: Any, refuse: set[int]) -> None:
+        self.sock = sock
+        self.refuse = refuse
+        self.sends = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        self.sends += 1
+        if self.sends in self.refuse:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return int(self.sock.sendto(data, addr))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "refuse", "answered", "unsent"),
+    [
+        pytest.param([40] * 3, set(), 3, 0, id="all-answered"),
+        pytest.param([40] * 3, {2}, 2, 1, id="refused-send-counted-and-skipped"),
+        pytest.param([40, 4097, 40], set(), 2, 0, id="oversized-datagram-dropped"),
+        pytest.param([40, 3, 40], set(), 2, 0, id="garbage-dropped"),
+        pytest.param([40] * 70, set(), dns_server.UdpServer.RUN, 0, id="one-run-is-bounded"),
+    ],
+)
+def test_udp_server_reads_runs_from_its_socket(
+    runtime: Runtime, sizes: list[int], refuse: set[int], answered: int, unsent: int
+) -> None:
+    """Each waiting datagram is answered in order, up to RUN a call; refused sends are counted."""
+    dns, _ = core(runtime)
+    sock = dns_server.udp_socket("127.0.0.1", 0)
+    server = dns_server.UdpServer(dns, RefusingSocket(sock, refuse))  # type: ignore[arg-type]
+    sock.setblocking(False)
+    query = bytes(DNSRecord.question("blocked.test").pack())
+    with sock, dns_server.udp_socket("127.0.0.1", 0) as client:
+        client.settimeout(1.0)
+        for size in sizes:  # 40: the query; otherwise that many bytes of garbage
+            client.sendto(query if size == 40 else b"\x01" * size, sock.getsockname())
+        time.sleep(0.05)  # loopback delivers at once; leave room for a busy machine
+        server.readable()
+        replies = []
+        with contextlib.suppress(TimeoutError):
+            client.settimeout(0.2)
+            while True:
+                replies.append(DNSRecord.parse(client.recv(4096)))
+    assert len(replies) == answered
+    assert all(r.header.rcode == RCODE.NXDOMAIN for r in replies)
+    assert server.unsent[0] == unsent
+
+
+def test_ipv6_udp_sockets_leave_ipv4_to_their_own(runtime: Runtime) -> None:
+    """`[::]:53` beside `0.0.0.0:53` binds: IPv6 listeners are IPv6-only, like the TCP ones."""
+
+    with dns_server.udp_socket("::1", 0) as six:
+        assert six.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        with dns_server.udp_socket("127.0.0.1", six.getsockname()[1]) as four:
+            assert four.family == socket.AF_INET
