@@ -89,10 +89,12 @@ class JsonLinesFileSink:
         return fd
 
 
-def sync_and_close(fd: int) -> None:
-    """Fsync `fd`, then close it whether or not the fsync failed."""
+def sync_and_close(fd: int, *, drop_cache: bool = False) -> None:
+    """Fsync `fd`, drop its pages from the page cache if asked, and close it in any case."""
     try:
         os.fsync(fd)
+        if drop_cache:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 

@@ -105,8 +105,21 @@ class Fsyncs:
 def test_a_rotated_file_is_synced_by_a_helper_and_flush_waits_for_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The writer thread syncs neither the rotated file nor the directory; flush() covers both."""
+    """The writer thread syncs neither the rotated file nor the directory; flush() covers both.
+
+    Once synced, the rotated file's pages are dropped from the page cache, by the helper.
+    """
     fsyncs = Fsyncs(monkeypatch)
+    advice: list[tuple[int, int, int, int, str]] = []  # inode, offset, length, advice, thread
+    fadvise = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, how: int) -> None:
+        ino = os.fstat(fd).st_ino
+        synced = any(i == ino for i, _ in fsyncs.calls)
+        advice.append((ino, offset, length, how if synced else -1, threading.current_thread().name))
+        fadvise(fd, offset, length, how)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
     sink = RotatingFileSink(tmp_path / "records.jsonl", max_bytes=1000, clock=Clock())
     sink.write_lines(lines(12))
     sink.write_lines(lines(1, 12))  # rotates first
@@ -116,6 +129,9 @@ def test_a_rotated_file_is_synced_by_a_helper_and_flush_waits_for_it(
         threads = {t.split("_")[0] for ino, t in fsyncs.calls if ino == synced.stat().st_ino}
         assert threads == {HELPER}
     assert (active.stat().st_ino, threading.current_thread().name) in fsyncs.calls
+    assert [(i, o, n, a, t.split("_")[0]) for i, o, n, a, t in advice] == [
+        (rotated.stat().st_ino, 0, 0, os.POSIX_FADV_DONTNEED, HELPER)
+    ]
     sink.close()
 
 
