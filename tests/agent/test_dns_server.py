@@ -580,9 +580,8 @@ def test_udp_server_reads_runs_from_its_socket(
     assert server.unsent[0] == unsent
 
 
-def test_ipv6_udp_sockets_leave_ipv4_to_their_own(runtime: Runtime) -> None:
+def test_ipv6_udp_sockets_leave_ipv4_to_their_own() -> None:
     """`[::]:53` beside `0.0.0.0:53` binds: IPv6 listeners are IPv6-only, like the TCP ones."""
-
     with dns_server.udp_socket("::1", 0) as six:
         assert six.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
         with dns_server.udp_socket("127.0.0.1", six.getsockname()[1]) as four:
