@@ -65,31 +65,29 @@ def render_stamps(stamps: Sequence[Stamp]) -> list[str]:
     """Each stamp's JSON line, in order: the writer thread's inner loop, so kept flat.
 
     The timestamp is `records.format_timestamp` and the event id `records.new_event_id`
-    (48-bit milliseconds + 56 random bits), inlined: what changes once a millisecond is
-    built once a millisecond (a busy filter stamps dozens of records in each), and the rest
-    comes from a digit table instead of format specs. About a third of the cost of calling
-    them (tested against them). The id's milliseconds are the timestamp's.
+    (48-bit milliseconds + 56 random bits), inlined, and built only when the time changes:
+    the UDP listener reads the clock once per run of datagrams, so most stamps of a batch
+    share theirs. The random parts come from one `hex` split. A third of the cost of
+    calling those functions per stamp (tested against them). The id's milliseconds are
+    the timestamp's.
     """
-    random = os.urandom(7 * len(stamps)).hex()
+    randoms = os.urandom(7 * len(stamps)).hex(" ", 7).split()
     lines: list[str] = []
     append = lines.append
-    last_ms, ts_ms, id_ms = -1, "", ""
-    at = 0
-    for template, now, query in stamps:
-        micros = round(now * 1_000_000)
-        ms = micros // 1000
-        if ms != last_ms:
-            last_ms = ms
-            sec, in_sec = divmod(ms, 1000)
-            ts_ms = f'"{iso_second(sec)}.{_DIGITS3[in_sec]}'
-            id_ms = hex(ms | _BIT48)[3:]
+    last_now, last_ms, ts, ts_ms, id_ms = -1.0, -1, "", "", ""
+    for (template, now, query), random in zip(stamps, randoms, strict=True):
+        if now != last_now:
+            last_now = now
+            micros = round(now * 1_000_000)
+            ms = micros // 1000
+            if ms != last_ms:
+                last_ms = ms
+                sec, in_sec = divmod(ms, 1000)
+                ts_ms = f'"{iso_second(sec)}.{_DIGITS3[in_sec]}'
+                id_ms = '"' + hex(ms | _BIT48)[3:]
+            ts = f'{ts_ms}{_DIGITS3[micros % 1000]}Z"'
         a, b, c, d, e = template.pieces
-        rnd = random[at : at + 14]
-        at += 14
-        append(
-            f'{a}{ts_ms}{_DIGITS3[micros % 1000]}Z"{b}"{id_ms}{rnd}"{c}'
-            f'{query[0] << 8 | query[1]}{d}"{id_ms}{rnd}"{e}'
-        )
+        append(f'{a}{ts}{b}{id_ms}{random}"{c}{query[0] << 8 | query[1]}{d}{id_ms}{random}"{e}')
     return lines
 
 

@@ -55,10 +55,17 @@ def test_each_render_has_its_own_event_id() -> None:
 
 
 def test_a_run_of_stamps_renders_each_with_its_own_time_and_id() -> None:
-    """A batch crossing a second (and a millisecond) boundary: every line its own stamp."""
+    """A batch crossing a second (and a millisecond) boundary: every line its own stamp.
+
+    Stamps of one run of datagrams share their time; the next may change only its
+    microseconds, or carry into a new millisecond and second.
+    """
     template = RecordTemplate.from_record(slotted(dns_record()))
     assert template is not None
-    times = [NOW + k * 0.2999 for k in range(8)] + [1_795_000_000.9999996, 1_795_000_001.000042]
+    times = [NOW + k // 2 * 0.2999 for k in range(8)] + [
+        *(1_795_000_000.9999996, 1_795_000_000.9999996),
+        *(1_795_000_001.000042, 1_795_000_001.000043, 1_795_000_001.000043),
+    ]
     ids = [k * 7919 % 65536 for k in range(len(times))]  # both bytes of the id in use
     stamps = [(template, t, i.to_bytes(2) + b"\x01\x00") for t, i in zip(times, ids, strict=True)]
     lines = [json.loads(x) for x in render_stamps(stamps)]
