@@ -345,7 +345,7 @@ def run_set(
             print(f"  {fmt(runs[name][-1])}", flush=True)
     results = [median_run(rs) for rs in runs.values()]
     if rounds > 1:
-        print(f"  -- medians of {rounds} rounds")
+        print(f"  -- medians of {rounds} rounds (records dropped: all rounds together)")
         for r in results:
             print(f"  {fmt(r)}")
     base = next((r for r in results if r["name"].startswith("unbound")), None)
@@ -373,11 +373,14 @@ def records_dropped(folder: Path) -> int:
 
 
 def median_run(runs: list[dict]) -> dict:
-    """Each figure's median over the rounds (a round's figures are not kept together)."""
-    return {
-        key: statistics.median(r[key] for r in runs) if key != "name" else runs[0]["name"]
-        for key in runs[0]
-    }
+    """Each figure's median over the rounds (a round's figures are not kept together).
+
+    Dropped records are the total of all rounds: a drop in any round must show.
+    """
+    out = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "name"}
+    if "dropped" in out:
+        out["dropped"] = sum(r["dropped"] for r in runs)
+    return {"name": runs[0]["name"], **out}
 
 
 def fmt(r: dict) -> str:
