@@ -54,6 +54,15 @@ SPOOL_DEPTH = Gauge(
     "aupguard_records_spool_depth", "Records waiting to be shipped.", multiprocess_mode="livesum"
 )
 RELOADS = Counter("aupguard_reloads", "Config/list reloads by result.", ["result"])
+RECORDS_DROPPED = Counter(
+    "aupguard_records_dropped",
+    "Decision records lost, by stage: the writer's queue (full, unserialisable, after close)"
+    " or the syslog spool (full: the records files still hold them).",
+    ["stage"],
+)
+RECORD_SINK_ERRORS = Counter(
+    "aupguard_record_sink_errors", "Failed calls to a records sink, by sink.", ["sink"]
+)
 
 
 Cell = list[int]  # one count, bumped in place: `cell[0] += 1`

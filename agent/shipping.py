@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from agent.chain import ChainSink, load_key, resume_head
 from agent.logs import get_logger
-from agent.metrics import SPOOL_DEPTH
+from agent.metrics import RECORDS_DROPPED, SPOOL_DEPTH
 from agent.records import dropped_record, format_timestamp
 from agent.rotation import RotatingFileSink, rotated_files
 from agent.writer import JsonLinesFileSink, RecordWriter
@@ -337,6 +337,7 @@ class SyslogSink:
         lost = len(lines) - accepted
         if lost:
             self.dropped += lost
+            RECORDS_DROPPED.labels("spool").inc(lost)
             if self.policy is SpoolFull.FAIL_CLOSED and not self.fail_closed.is_set():
                 self.fail_closed.set()
                 _log.critical("records.fail_closed", spool=str(self.spool.path))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from agent.logs import get_logger
+from agent.metrics import RECORD_SINK_ERRORS, RECORDS_DROPPED
 from agent.record_template import RecordTemplate, Stamp, render_stamps
 from agent.records import dropped_record, encode
 
@@ -167,7 +168,8 @@ class RecordWriter:
         self._idle = False  # the thread waits for `_wake`: only then does a write set it
         self._wake = threading.Event()
         self._closed = False
-        self._reported = 0
+        self._reported = 0  # drops already in a records-dropped record
+        self._counted = 0  # drops already in the RECORDS_DROPPED metric
         self.dropped = 0  # queue full, unserialisable, or written after close
         self.written = 0  # lines handed to the sinks
         self.sink_errors = 0
@@ -252,7 +254,9 @@ class RecordWriter:
                 self._idle = False
                 self._wake.clear()
                 continue
-            if not self._handle(batch):
+            going_on = self._handle(batch)
+            self._count_drops()
+            if not going_on:
                 return
             if len(batch) < size:
                 # Caught up: linger so that records queued meanwhile go in one batch, instead
@@ -323,7 +327,19 @@ class RecordWriter:
                 getattr(sink, method)(*args)
             except Exception:  # noqa: BLE001 a failing sink must not stop the others or the thread
                 self.sink_errors += 1
+                RECORD_SINK_ERRORS.labels(type(sink).__name__).inc()
                 _log.exception("records.sink_failed", sink=type(sink).__name__, call=method)
+
+    def _count_drops(self) -> None:
+        """Add the drops since the last batch to the metric.
+
+        After every batch, so that it stays current while an overloaded queue never drains
+        (the records-dropped record waits for that).
+        """
+        dropped = self.dropped
+        if dropped != self._counted:
+            RECORDS_DROPPED.labels("queue").inc(dropped - self._counted)
+            self._counted = dropped
 
     def _report_drops(self) -> None:
         total = self.dropped

@@ -10,12 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from agent.records import encode
 from agent.writer import JsonLinesFileSink, MemorySink, RecordWriter
 
 NOW = 1795957692.123456  # 2026-11-29T13:08:12.123456Z
+
+
+def metric(name: str, **labels: str) -> float:
+    """A sample's current value in the process's registry (0 before the first count)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
 
 # --- the writer -------------------------------------------------------------------------
 
@@ -72,6 +79,7 @@ def test_writer_wakes_for_every_burst() -> None:
 def test_writer_never_blocks_and_reports_drops() -> None:
     """With the sink stuck, `write` returns at once, counts drops, and a records-dropped record follows the drain."""
     sink = BlockingSink()
+    dropped_before = metric("aupguard_records_dropped_total", stage="queue")
     writer = RecordWriter([sink], queue_size=3, clock=lambda: NOW)
     assert writer.write({"n": 0})
     assert sink.entered.wait(5)
@@ -103,6 +111,9 @@ def test_writer_never_blocks_and_reports_drops() -> None:
     ]
     assert writer.flush(5)
     assert len(sink.records()) == 5  # reported once
+    assert (
+        metric("aupguard_records_dropped_total", stage="queue") - dropped_before == 3
+    )  # counted once
     writer.close()
 
 
@@ -124,6 +135,7 @@ def test_writer_close_drains() -> None:
 def test_writer_survives_bad_records_and_sinks() -> None:
     """An unserialisable record is counted as dropped and a failing sink is logged; the other sink gets every record."""
     good, bad = MemorySink(), FailingSink()
+    errors_before = metric("aupguard_record_sink_errors_total", sink="FailingSink")
     circular: dict[str, Any] = {"event": {"id": "c1"}}
     circular["self"] = circular
     with capture_logs() as logs, RecordWriter([bad, good], clock=lambda: NOW) as writer:
@@ -136,6 +148,9 @@ def test_writer_survives_bad_records_and_sinks() -> None:
     assert records[1]["tags"] == ["a", "b"]
     assert records[2]["aupguard"]["dropped"] == 1
     assert writer.sink_errors >= 1
+    assert metric("aupguard_record_sink_errors_total", sink="FailingSink") - errors_before == (
+        writer.sink_errors
+    )
     events = {e["event"] for e in logs}
     assert {"records.unserialisable", "records.sink_failed", "records.dropped"} <= events
 

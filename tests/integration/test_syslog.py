@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from prometheus_client import REGISTRY
 
 from agent.chain import generate_key, load_key, read_head, verify
 from agent.config import RecordsSection
@@ -176,10 +177,13 @@ def test_spool_full_drops_counts_and_reports(tmp_path: Path) -> None:
     port = free_port()
     sink = sink_to(port, tmp_path, spool_bytes=20_000)
     lines = [json.dumps(record(i)) for i in range(200)]
+    metric = ("aupguard_records_dropped_total", {"stage": "spool"})
+    before = REGISTRY.get_sample_value(*metric) or 0.0
     for i in range(0, 200, 10):
         sink.write_lines(lines[i : i + 10])
     assert sink.spool.full
     assert sink.dropped > 100
+    assert REGISTRY.get_sample_value(*metric) == before + sink.dropped
     assert sink.near_full_alerts == 1
     assert not sink.fail_closed.is_set()
     assert sink.spool.depth == sink.spooled
