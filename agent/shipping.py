@@ -51,6 +51,7 @@ _log = get_logger(__name__)
 _ENCODE_BATCH = 1000
 _MAX_RETRY = 30.0
 _CONNECT_WAIT = 0.05  # what the writer thread waits for a connection attempt it starts
+_SEND_PIECE = 64 << 10  # one TLS write's deadline covers this much, so a slow link keeps going
 
 
 class SpoolFull(enum.StrEnum):
@@ -64,6 +65,17 @@ def frame(message: str) -> bytes:
     """One octet-counted frame: `LEN SP MSG`."""
     data = message.encode()
     return b"%d %s" % (len(data), data)
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """Send `data`; TimeoutError only when the peer takes nothing for the socket's timeout.
+
+    `socket.sendall`'s timeout bounds the whole call, which a large spool drain over a slow
+    link can exceed while every piece goes through; here the timeout bounds each wait.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[sock.send(view[:_SEND_PIECE]) :]
 
 
 class Spool:
@@ -202,6 +214,7 @@ class SyslogSink:
         resend_bytes: int = 16 << 20,
         retry_seconds: float = 1.0,
         timeout: float = 5.0,
+        send_timeout: float = 1.0,
         drain_bytes: int = 4 << 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -211,6 +224,7 @@ class SyslogSink:
         self._tls, self._server_name = tls, server_name or host
         self._near_full = int(spool.max_bytes * near_full)
         self._resend_bytes, self._retry, self._timeout = resend_bytes, retry_seconds, timeout
+        self._send_timeout = send_timeout
         self._drain_bytes, self._clock = drain_bytes, clock
         self._header = f"<134>1 %s {socket.gethostname()} aupguard {os.getpid()} decision - "
         self._sock: socket.socket | None = None
@@ -218,6 +232,7 @@ class SyslogSink:
         self._recent_size = 0
         self._next_try = 0.0
         self._delay = retry_seconds
+        self._connected_at = 0.0
         self._connector: ThreadPoolExecutor | None = None
         self._attempt: Future[socket.socket | None] | None = None
         self._alerted = False
@@ -233,11 +248,12 @@ class SyslogSink:
         Attempts run on a helper thread, and the writer thread waits for one only 50 ms, so a
         collector that does not answer (a firewall dropping SYNs costs the whole `timeout`)
         holds it up no longer; its lines go to the spool meanwhile. Retries back off from
-        `retry_seconds` to 30 s. `force` (flush, close) waits for the attempt under way and,
-        if it failed (it may have begun before the collector came back), tries once more: at
-        most twice `timeout`.
+        `retry_seconds` to 30 s, and start afresh after a connection that held (`_lost`).
+        `force` (flush, close) waits for the attempt under way and, if it failed (it may
+        have begun before the collector came back), tries once more: at most twice
+        `timeout`.
         """
-        if self._sock is not None and not _dead(self._sock, self._timeout):
+        if self._sock is not None and not _dead(self._sock, self._send_timeout):
             return True
         if self._sock is not None:
             self._lost("collector closed the connection")
@@ -267,7 +283,7 @@ class SyslogSink:
         if sock is None:
             return False
         self._sock = sock
-        self._delay = self._retry
+        self._connected_at = self._clock()
         self.reconnects += 1
         return True
 
@@ -278,6 +294,7 @@ class SyslogSink:
             sock = socket.create_connection(self.address, timeout=self._timeout)
             if self._tls is not None:
                 sock = self._tls.wrap_socket(sock, server_hostname=self._server_name)
+            sock.settimeout(self._send_timeout)
         except OSError as e:
             if sock is not None:
                 sock.close()
@@ -286,9 +303,15 @@ class SyslogSink:
         return sock
 
     def _lost(self, why: str) -> None:
-        """Close a dead connection; lines it may have swallowed go back to the spool."""
+        """Close a dead connection; lines it may have swallowed go back to the spool.
+
+        The loss of a connection that held for the longest back-off starts the back-off
+        afresh; that of a younger one (a collector that accepts, then fails) lets it grow.
+        """
         _log.warning("records.syslog_lost", address=self.address, reason=why,
                      resend=len(self._recent))  # fmt: skip
+        if self._clock() - self._connected_at >= _MAX_RETRY:
+            self._delay = self._retry
         if self._sock is not None:
             self._sock.close()
         self._sock = None
@@ -303,16 +326,23 @@ class SyslogSink:
             self._to_spool(recent)
 
     def _send(self, lines: list[str]) -> bool:
-        """Send framed messages; remember them for a resend; False after a failure."""
+        """Send framed messages; remember them for a resend; False after a failure.
+
+        A collector that takes nothing for `send_timeout` (it accepted, then stopped
+        reading) is dropped like a dead one, and the next attempt waits for the back-off: a
+        stalled collector holds the writer thread (and with it the records files) up for
+        `send_timeout` once per back-off period, not on every batch.
+        """
         if self._sock is None:
             return False
         header = self._header % format_timestamp(time.time())
         try:
             for i in range(0, len(lines), _ENCODE_BATCH):
                 chunk = lines[i : i + _ENCODE_BATCH]
-                self._sock.sendall(b"".join(frame(header + line) for line in chunk))
+                send_all(self._sock, b"".join(frame(header + line) for line in chunk))
         except OSError as e:  # includes timeouts and TLS errors
             self._lost(str(e) or type(e).__name__)
+            self._next_try = self._clock() + self._delay
             return False
         self.sent += len(lines)
         self._remember(lines)
@@ -397,7 +427,7 @@ class SyslogSink:
             # Read what the collector sent first (TLS 1.3 session tickets): a socket closed
             # with unread bytes resets the connection, which can cost the collector the
             # last lines still in its receive buffer.
-            _dead(self._sock, self._timeout)
+            _dead(self._sock, self._send_timeout)
             self._sock.close()
             self._sock = None
         if self._connector is not None:

@@ -229,6 +229,73 @@ def test_queue_full_never_blocks_the_decision_path(tmp_path: Path) -> None:
     writer.close(30)
 
 
+def quiet_collector(port: int, rcvbuf: int) -> socket.socket:
+    """A listening collector that accepts connections (in the kernel) and reads nothing itself."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by connections
+    server.bind(("127.0.0.1", port))
+    server.listen(64)
+    return server
+
+
+def test_a_stalled_collector_holds_up_the_writer_once_per_back_off(tmp_path: Path) -> None:
+    """A collector that accepts, then stops reading: each stall costs `send_timeout`, then the
+    sink spools without trying again for a growing back-off. Reconnecting after every stall
+    kept the writer thread (and every records file it writes) stuck nearly all the time.
+    """
+    port = free_port()
+    server = quiet_collector(port, 4096)  # never reads: fills at once
+    sink = sink_to(port, tmp_path, retry_seconds=0.1, send_timeout=0.3)
+    lines = [json.dumps(record(i)) for i in range(20)]
+    blocked = 0.0
+    batches = 0
+    end = time.monotonic() + 4.0
+    while time.monotonic() < end:  # bounded: 4 s of 20-line batches every 5 ms
+        t = time.monotonic()
+        sink.write_lines(lines)
+        blocked += time.monotonic() - t
+        batches += 1
+        time.sleep(0.005)
+    # back-offs 0.2, 0.4, 0.8, 1.6 s: about 4 stalls of 0.3 s (reconnecting at once: ~10)
+    assert blocked < 2.0, f"writer blocked {blocked:.1f} s of 4 s over {batches} batches"
+    assert 2 <= sink.reconnects <= 5
+    assert sink.spool.depth > 0
+    server.close()
+    sink.close()
+
+
+def test_a_slow_collector_that_keeps_reading_is_not_dropped(tmp_path: Path) -> None:
+    """`send_timeout` bounds each wait for the collector, not a whole send: a 5 MB batch
+    (sent 1,000 lines, ~310 KB, at a time) to a reader taking 16 KiB every 10 ms outlasts
+    it many times over and still goes through on one connection.
+    """
+    port = free_port()
+    server = quiet_collector(port, 65536)
+    got = bytearray()
+
+    def read_slowly() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(16384):
+                got.extend(chunk)
+                time.sleep(0.01)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    sink = sink_to(port, tmp_path, send_timeout=0.15)
+    lines = [json.dumps(record(i)) for i in range(16_000)]  # ~5 MB framed
+    started = time.monotonic()
+    sink.write_lines(lines)
+    took = time.monotonic() - started
+    assert sink.sent == len(lines), f"spooled {sink.spool.depth} after {took:.1f} s"
+    assert took > 1.0  # the precondition: 1,000 lines outlast one send_timeout
+    assert sink.reconnects == 1
+    sink.close()
+    reader.join(30)
+    assert got.count(b"aupguard") == len(lines)
+    server.close()
+
+
 def test_an_unanswering_collector_never_holds_up_the_writer_thread(tmp_path: Path) -> None:
     """A collector whose SYNs are dropped: the lines spool at once; the attempt waits elsewhere.
 
