@@ -111,9 +111,8 @@ def test_writer_never_blocks_and_reports_drops() -> None:
     ]
     assert writer.flush(5)
     assert len(sink.records()) == 5  # reported once
-    assert (
-        metric("aupguard_records_dropped_total", stage="queue") - dropped_before == 3
-    )  # counted once
+    dropped = metric("aupguard_records_dropped_total", stage="queue") - dropped_before
+    assert dropped == 3  # counted once
     writer.close()
 
 
