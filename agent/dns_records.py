@@ -30,7 +30,7 @@ class Recorder:
         self._trips: dict[tuple[str, str], list[float]] = {}  # (kind, ip) -> [pending, last]
         # Queue one templated record (template, time, query bytes): the writer's own lock-free
         # `stamp`, called straight from the hot path; templates exist only with a writer.
-        self.stamp: Callable[[RecordTemplate, float, bytes], None] = (
+        self.stamp: Callable[[RecordTemplate, float, int], None] = (
             self.writer.stamp if self.writer is not None else _no_writer
         )
 
@@ -104,5 +104,5 @@ class Recorder:
         )
 
 
-def _no_writer(_template: RecordTemplate, _now: float, _query: bytes) -> None:
+def _no_writer(_template: RecordTemplate, _now: float, _dns_id: int) -> None:
     """`Recorder.stamp` with records off: never called, since no template is made."""

@@ -237,7 +237,7 @@ class DnsFilter:
             if template is None:
                 self.recorder.emit(job.client, verdict, now, extra)
             else:
-                self.recorder.stamp(template, now, job.query)
+                self.recorder.stamp(template, now, q.id)
         if replayable:
             if self._replays_kept >= MAX_REPLAYS:
                 self._replays.clear()
@@ -264,7 +264,7 @@ class DnsFilter:
             return self._decide(data, ip, now, udp=True)  # type: ignore[return-value]  # bytes
         bump(replay.counts)
         if replay.template is not None:
-            self.recorder.stamp(replay.template, now, data)
+            self.recorder.stamp(replay.template, now, data[0] << 8 | data[1])
         if now >= replay.refresh_at:  # a cached answer: its TTLs counted down a second
             replay.refresh(data, now)
         return data[:2] + replay.tail

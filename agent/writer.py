@@ -4,7 +4,7 @@ Nothing is lost silently: at most `queue_size` records wait, more are dropped, c
 reported as a `records-dropped` record once the queue drains; `close()` drains everything.
 `write()` encodes a record at once, with orjson (under a microsecond): queued strings are
 invisible to the garbage collector, while queued dicts survived every young collection and
-doubled the hot path's cost. DNS records come through `stamp()` (template, time, query),
+doubled the hot path's cost. DNS records come through `stamp()` (template, time, DNS id),
 lock-free from the event loop, and are rendered in the writer thread.
 """
 
@@ -199,7 +199,7 @@ class RecordWriter:
             self.dropped += 1
             return False
 
-    def stamp(self, template: RecordTemplate, now: float, query: bytes) -> None:
+    def stamp(self, template: RecordTemplate, now: float, dns_id: int) -> None:
         """Queue a DNS record from its template without a lock; counted as dropped when full.
 
         The DNS filter's hot path: a deque append, under half the cost of `write()`'s lock
@@ -208,7 +208,7 @@ class RecordWriter:
         """
         items = self._items
         if len(items) < self._limit and not self._closed:
-            items.append((template, now, query))
+            items.append((template, now, dns_id))
             if self._idle:
                 self._wake.set()
         else:

@@ -113,8 +113,8 @@ class ListWriter:
         self.records.append(record)
         return True
 
-    def stamp(self, template: RecordTemplate, now: float, query: bytes) -> None:
-        self.records.append(json.loads(template.render(now, int.from_bytes(query[:2]))))
+    def stamp(self, template: RecordTemplate, now: float, dns_id: int) -> None:
+        self.records.append(json.loads(template.render(now, dns_id)))
 
 
 def dns_runtime(tmp_path: Path, extra: str = "") -> Runtime:
