@@ -246,13 +246,13 @@ class Verdicts:
         self._memo[key] = verdict
         return verdict
 
-    def cloaked(self, client: Client, aliases: tuple[bytes, ...], now: float) -> bool:
-        """True when an answer CNAMEs into a name blocked for this client."""
+    def cloaked(self, client: Client, aliases: tuple[bytes, ...], now: float) -> Verdict | None:
+        """The verdict that blocks an answer CNAMEing into a name blocked for this client."""
         for alias in aliases:
             verdict = self.decide(client, alias, now)
             if verdict is not None and self.enforced(verdict[1]):
-                return True
-        return False
+                return verdict
+        return None
 
     @staticmethod
     def enforced(decision: Decision) -> bool:

@@ -107,6 +107,8 @@ class Lookup:
     verdict: tuple[Request, Decision] | None
     started: float
     udp: bool
+    counts: Counts = ()  # the decision's metrics, counted when the lookup's outcome is known
+    cloaked_by: str = ""  # the blocked CNAME target that decided the answer
 
 
 class DnsFilter:
@@ -173,12 +175,26 @@ class DnsFilter:
         if kind is None:
             entry = self.cache.get(q.key, now)
             if entry is None:
-                bump(counts)
-                return job if len(self._inflight) < MAX_INFLIGHT else self._servfail(job)
-            if not self.verdicts.cloaked(client, entry.aliases, now):
+                job.counts = counts
+                return job if len(self._inflight) < MAX_INFLIGHT else self._shed(job)
+            cloak = self.verdicts.cloaked(client, entry.aliases, now)
+            if cloak is None:
                 return self._settle(job, "cached", counts, entry=entry)
+            job, counts = self._cloaked(job, cloak)
             kind = "block"
         return self._settle(job, kind, counts)
+
+    def _cloaked(self, job: Lookup, cloak: tuple[Request, Decision]) -> tuple[Lookup, Counts]:
+        """The job blocked by its CNAME target's decision, and that decision's metrics.
+
+        The record keeps the name asked (`dns.question.name`) and carries the target's
+        category, rule and matched entry, with the target in `aupguard.dns.cloaked_by`.
+        """
+        request = job.verdict[0] if job.verdict is not None else cloak[0]
+        decision = cloak[1]
+        job = replace(job, verdict=(request, decision), cloaked_by=cloak[0].host)
+        label, category = decision.action.label, decision.category or "none"
+        return job, (self.tally.cell(DECISIONS, "dns", label, category),)
 
     def _prepared_kind(
         self, q: Question, verdict: tuple[Request, Decision] | None
@@ -290,18 +306,23 @@ class DnsFilter:
         try:
             template, aliases, upstream = await self._shared(key, q)
         except (UpstreamError, ValueError) as e:
+            bump(job.counts)
             self._record_failure(job, str(e))
             self.tally.add(DNS_QUERIES, "servfail")
             return self._servfail(job)
         except Exception as e:  # noqa: BLE001  (a bug costs this query a SERVFAIL, not an answer)
+            bump(job.counts)
             log_event("dns_lookup_failed", name=dns_wire.to_text(q.name), error=repr(e))
             self._record_failure(job, f"internal error: {e!r}")
             self.tally.add(DNS_QUERIES, "servfail")
             return self._servfail(job)
         now = time.time()
+        cloak = self.verdicts.cloaked(job.client, aliases, now)
+        if cloak is not None:  # counted as a block only
+            job, counts = self._cloaked(job, cloak)
+            return self._settle(job, "block", counts, now=now)
         self.tally.add(DNS_QUERIES, "forwarded")
-        if self.verdicts.cloaked(job.client, aliases, now):
-            return self._settle(job, "block", (), now=now)
+        bump(job.counts)
         if job.verdict is not None and self.recorder.wants(job.verdict[1]):
             self.recorder.emit(
                 job.client, job.verdict, now, self._extra(job, template[3] & 0x0F, now, upstream)
@@ -337,6 +358,11 @@ class DnsFilter:
             del self._inflight[key]
         return result
 
+    def _shed(self, job: Lookup) -> bytes:
+        """SERVFAIL at once: too many lookups are under way."""
+        bump(job.counts)
+        return self._servfail(job)
+
     def _servfail(self, job: Lookup) -> bytes:
         """SERVFAIL for the job's question (all upstreams failed, or too many lookups)."""
         return dns_wire.patch(self.answers.servfail(job.q), job.query, job.q)
@@ -364,6 +390,8 @@ class DnsFilter:
         }
         if upstream:
             extra["aupguard.dns.upstream"] = upstream
+        if job.cloaked_by:
+            extra["aupguard.dns.cloaked_by"] = job.cloaked_by
         return extra
 
     @staticmethod

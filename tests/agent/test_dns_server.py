@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, A, DNSRecord
 
 from agent import dns_server
 from agent.config import DnsRecords, DnsSection
@@ -454,6 +454,40 @@ def test_upstream_answer_lands_in_recent_answers(tmp_path: Path, proxy: str, sto
     dns.recent.close()
     reader = RecentAnswers(store_path(runtime.engine.config))
     assert reader.answered("bank.test", "192.0.2.10", time.time()) is stored
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["fresh-lookup", "cached-answer"])
+def test_a_cloaked_block_is_recorded_and_counted_as_the_targets_block(
+    runtime: Runtime, *, cached: bool
+) -> None:
+    """A name CNAMEing into a blocked domain: its record and metrics name the block that
+    decided it (category, rule, target), not the asked name's own allow."""
+    dns, writer = core(runtime)
+    upstream = DNSRecord.question("alias.example").reply()
+    upstream.add_answer(RR("alias.example", QTYPE.CNAME, rdata=CNAME("x.blocked.test"), ttl=60))
+    upstream.add_answer(RR("x.blocked.test", rdata=A("192.0.2.66"), ttl=60))
+
+    async def resolve(*_: Any, **__: Any) -> tuple[bytes, FakeUpstream]:
+        return bytes(upstream.pack()), FakeUpstream()
+
+    dns.pool.resolve = resolve  # type: ignore[method-assign]
+    job = dns.answer(query("alias.example"), "127.0.0.1", time.time(), udp=True)
+    assert isinstance(job, Lookup)
+    reply = asyncio.run(dns.lookup(job))
+    if cached:
+        dns.tally.cells.clear()
+        writer.records.clear()
+        reply = dns.answer(query("alias.example"), "127.0.0.1", time.time(), udp=False)
+        assert isinstance(reply, bytes)
+    assert DNSRecord.parse(reply).header.rcode == RCODE.NXDOMAIN
+    (record,) = writer.records
+    assert record["event"]["action"] == "block"
+    assert record["rule"]["name"] == "no-gambling"
+    assert record["dns"]["question"]["name"] == "alias.example"
+    assert record["aupguard"]["dns"]["cloaked_by"] == "x.blocked.test"
+    assert "gambling" in json.dumps(record["aupguard"])
+    counts = {labels: cell[0] for (_, labels), cell in dns.tally.cells.items() if cell[0]}
+    assert counts == {("dns", "block", "gambling"): 1, ("block",): 1}
 
 
 def test_an_internal_error_in_a_lookup_is_a_servfail(runtime: Runtime) -> None:
