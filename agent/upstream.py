@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dnslib import RCODE
+
 from agent import dns_wire
 
 _BACKOFF = (1.0, 30.0)  # seconds an upstream is skipped after a failure: first, maximum
@@ -150,11 +152,11 @@ class UpstreamPool:
         """The upstream's reply (id random, to be re-stamped) and who answered; UpstreamError.
 
         A SERVFAIL/REFUSED reply moves on to the next upstream without marking the first
-        unhealthy (one broken zone must not take a resolver out); it is returned when no
-        upstream does better.
+        unhealthy (one broken zone must not take a resolver out). When no upstream does
+        better it is an UpstreamError too: the client gets the filter's SERVFAIL and the
+        failure is recorded with each upstream's answer.
         """
         errors = []
-        fallback: tuple[bytes, Upstream] | None = None
         for upstream in self.order(time.monotonic()):
             try:
                 query = build_query(secrets.randbits(16), name, qtype, qclass, dnssec_ok=dnssec_ok)
@@ -164,12 +166,11 @@ class UpstreamPool:
                 errors.append(f"{upstream.label}: {type(e).__name__} {e}".strip())
                 continue
             upstream.succeeded()
-            if reply[3] & 0x0F in (dns_wire.RCODE_SERVFAIL, dns_wire.RCODE_REFUSED):
-                fallback = fallback or (reply, upstream)
+            rcode = reply[3] & 0x0F
+            if rcode in (dns_wire.RCODE_SERVFAIL, dns_wire.RCODE_REFUSED):
+                errors.append(f"{upstream.label}: answered {RCODE.get(rcode, rcode)}")
                 continue
             return reply, upstream
-        if fallback is not None:
-            return fallback
         raise UpstreamError("; ".join(errors))
 
     async def _ask(self, upstream: Upstream, query: bytes, qend: int) -> bytes:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from dnslib import QTYPE, RR, DNSRecord
+from dnslib import QTYPE, RCODE, RR, DNSRecord
 
 from agent import dns_wire
 from agent.upstream import (
@@ -163,6 +163,63 @@ async def test_all_dead_raises() -> None:
     pool = UpstreamPool([("127.0.0.1", _dead_port())], timeout=0.3)
     with pytest.raises(UpstreamError):
         await pool.resolve(NAME, QTYPE.A, 1)
+
+
+class _Answering(asyncio.DatagramProtocol):
+    """Answers every query with `rcode` (and no records)."""
+
+    def __init__(self, rcode: int) -> None:
+        self.rcode = rcode
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        assert self.transport is not None
+        reply = DNSRecord.parse(data).reply()
+        reply.header.rcode = self.rcode
+        self.transport.sendto(bytes(reply.pack()), addr)
+
+
+@pytest.mark.parametrize(
+    ("rcodes", "answered_by", "error"),
+    [
+        pytest.param([RCODE.SERVFAIL, RCODE.NOERROR], 1, None, id="servfail-then-answer"),
+        pytest.param([RCODE.REFUSED, RCODE.NXDOMAIN], 1, None, id="refused-then-nxdomain"),
+        pytest.param(
+            [RCODE.SERVFAIL, RCODE.REFUSED],
+            None,
+            r"127\.0\.0\.1:\d+: answered SERVFAIL; 127\.0\.0\.1:\d+: answered REFUSED$",
+            id="every-upstream-fails-is-an-error",
+        ),
+    ],
+)
+async def test_servfail_and_refused_move_on(
+    rcodes: list[int], answered_by: int | None, error: str | None
+) -> None:
+    """SERVFAIL/REFUSED moves on without marking the upstream down; from all, UpstreamError."""
+    loop = asyncio.get_running_loop()
+    endpoints = [
+        await loop.create_datagram_endpoint(
+            lambda rcode=rcode: _Answering(rcode), local_addr=("127.0.0.1", 0)
+        )
+        for rcode in rcodes
+    ]
+    ports = [transport.get_extra_info("sockname")[1] for transport, _ in endpoints]
+    pool = UpstreamPool([("127.0.0.1", port) for port in ports], timeout=1.0)
+    try:
+        if error is not None:
+            with pytest.raises(UpstreamError, match=error):
+                await pool.resolve(NAME, QTYPE.A, 1)
+        else:
+            reply, upstream = await pool.resolve(NAME, QTYPE.A, 1)
+            assert upstream.port == ports[answered_by or 0]
+            assert reply[3] & 0x0F == rcodes[answered_by or 0]
+        assert [u.failures for u in pool.upstreams] == [0, 0]
+    finally:
+        for transport, _ in endpoints:
+            transport.close()
 
 
 def test_no_upstreams_is_an_error() -> None:
