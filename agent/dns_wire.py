@@ -37,7 +37,8 @@ HEADER = 12
 T_OPT = 41
 T_SVCB = 64
 T_HTTPS = 65
-SVC_ECH = 5
+SVC_MANDATORY, SVC_ECH = 0, 5
+_ECH_KEY = SVC_ECH.to_bytes(2)
 _HINT_SIZES = {4: 4, 6: 16}  # SvcParam ipv4hint / ipv6hint: address size
 RCODE_FORMERR = 1
 RCODE_SERVFAIL = 2
@@ -236,12 +237,27 @@ def svc_params(rdata: bytes) -> tuple[int, list[tuple[int, int, int]]] | None:
 
 
 def strip_ech(rdata: bytes) -> bytes:
-    """SVCB/HTTPS RDATA without the `ech` SvcParam (RFC 9460 key 5); unchanged if malformed."""
+    """SVCB/HTTPS RDATA without the `ech` SvcParam (RFC 9460 key 5); unchanged if malformed.
+
+    A `mandatory` list naming `ech` loses that key too (or goes, if `ech` was all it named):
+    a client rejects a record whose mandatory key is missing (RFC 9460 section 8).
+    """
     parsed = svc_params(rdata)
-    if parsed is None:
+    if parsed is None or all(key != SVC_ECH for key, _, _ in parsed[1]):
         return rdata
     start, params = parsed
-    return rdata[:start] + b"".join(rdata[s:e] for key, s, e in params if key != SVC_ECH)
+    kept = [rdata[:start]]
+    for key, s, e in params:
+        if key == SVC_MANDATORY:
+            keys = rdata[s + 4 : e]
+            rest = b"".join(
+                keys[i : i + 2] for i in range(0, len(keys), 2) if keys[i : i + 2] != _ECH_KEY
+            )
+            if rest:
+                kept.append(_HH.pack(SVC_MANDATORY, len(rest)) + rest)
+        elif key != SVC_ECH:
+            kept.append(rdata[s:e])
+    return b"".join(kept)
 
 
 def address_hints(rdata: bytes) -> list[str]:

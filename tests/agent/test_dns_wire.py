@@ -173,12 +173,27 @@ def _svcb(params: list[tuple[int, bytes]]) -> bytes:
             _svcb([(1, b"\x02h2"), (4, b"\xc0\x00\x02\x07")]),
             id="ech-removed",
         ),
+        pytest.param(
+            _svcb([(0, b"\x00\x01\x00\x05"), (1, b"\x02h2"), (5, b"ECH!")]),
+            _svcb([(0, b"\x00\x01"), (1, b"\x02h2")]),
+            id="ech-leaves-the-mandatory-list",
+        ),
+        pytest.param(
+            _svcb([(0, b"\x00\x05"), (1, b"\x02h2"), (5, b"ECH!")]),
+            _svcb([(1, b"\x02h2")]),
+            id="a-mandatory-list-of-ech-alone-goes",
+        ),
+        pytest.param(
+            _svcb([(0, b"\x00\x01"), (1, b"\x02h2")]),
+            _svcb([(0, b"\x00\x01"), (1, b"\x02h2")]),
+            id="no-ech-mandatory-untouched",
+        ),
         pytest.param(_svcb([(1, b"\x02h2")]), _svcb([(1, b"\x02h2")]), id="no-ech"),
         pytest.param(_svcb([(5, b"x")])[:-1], _svcb([(5, b"x")])[:-1], id="malformed-unchanged"),
     ],
 )
 def test_strip_ech(rdata: bytes, expect: bytes) -> None:
-    """Only the ech SvcParam goes; malformed RDATA is left as it is."""
+    """Only the ech SvcParam goes, from `mandatory` too; malformed RDATA is left as it is."""
     assert dns_wire.strip_ech(rdata) == expect
 
 

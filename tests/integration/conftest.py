@@ -52,6 +52,12 @@ DNS_ZONE: dict[str, list[str]] = {
         "allowed.test. 300 IN A 192.0.2.1",
     ],
     "ech.test": ["ech.test. 300 IN HTTPS 1 . alpn=h2 echconfig=Z2FyYmFnZQ== ipv4hint=192.0.2.7"],
+    "ech-mandatory.test": [
+        (
+            "ech-mandatory.test. 300 IN HTTPS 1 . mandatory=alpn,echconfig alpn=h2"
+            " echconfig=Z2FyYmFnZQ== ipv4hint=192.0.2.7"
+        )
+    ],
     "newblock.test": ["newblock.test. 300 IN A 192.0.2.9"],
 }
 
