@@ -143,11 +143,28 @@ class DnsCache:
             return False
         if key not in self._entries and len(self._entries) >= self.max_entries:
             self._evict(now)
+        offsets = self._served(wire, offsets, rcode, lifetime)
+        wire = dns_wire.set_ttls(wire, offsets, 0)
         self._entries[key] = Entry(wire, offsets, now, now + lifetime, aliases)
         return True
 
+    def _served(
+        self, wire: bytes, offsets: list[tuple[int, int]], rcode: int, lifetime: int
+    ) -> list[tuple[int, int]]:
+        """The TTLs clients get, which count down to 0 when the entry expires, not before.
+
+        A record's TTL is clamped like the entry's lifetime, so `cache_max_ttl` also bounds how
+        long a client keeps an answer (a name blocked later is not resolved from its cache
+        for days), and `cache_min_ttl` never has an answer served with TTL 0. A negative
+        answer's records get its lifetime (RFC 2308 section 5).
+        """
+        if rcode == dns_wire.RCODE_NXDOMAIN or int.from_bytes(wire[6:8]) == 0:
+            return [(off, lifetime) for off, _ in offsets]
+        low, high = self.min_ttl, self.max_ttl
+        return [(off, min(max(ttl, low), high)) for off, ttl in offsets]
+
     def lifetime(self, wire: bytes, offsets: list[tuple[int, int]], rcode: int) -> int:
-        """Seconds to keep a response: smallest TTL clamped, or the negative TTL."""
+        """Seconds to keep a response: smallest answer TTL clamped, or the negative TTL."""
         answers = int.from_bytes(wire[6:8])
         if rcode == dns_wire.RCODE_NXDOMAIN or answers == 0:
             soa = min((ttl for _, ttl in offsets), default=self.negative_ttl)

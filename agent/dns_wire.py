@@ -34,6 +34,8 @@ from agent.config import BlockMode, DnsSection
 MAX_NAME = 255
 MAX_LABEL = 63
 HEADER = 12
+T_SOA = 6
+SOA_MIN_RDATA = 22  # two root names and five 32-bit fields, the last of them MINIMUM
 T_OPT = 41
 T_SVCB = 64
 T_HTTPS = 65
@@ -280,7 +282,11 @@ def address_hints(rdata: bytes) -> list[str]:
 
 
 def rr_ttl_offsets(data: bytes, qend: int) -> list[tuple[int, int]] | None:
-    """(offset, ttl) of every record's TTL after the question, OPT excluded; None if malformed."""
+    """(offset, ttl) of every record's TTL after the question, OPT excluded; None if malformed.
+
+    An SOA's TTL is the lesser of its TTL and its MINIMUM field: how long the negative answer
+    it comes with may be cached (RFC 2308 section 5).
+    """
     counts = _HHH.unpack_from(data, 6)
     off = qend
     out: list[tuple[int, int]] = []
@@ -290,9 +296,12 @@ def rr_ttl_offsets(data: bytes, qend: int) -> list[tuple[int, int]] | None:
             return None
         rtype = int.from_bytes(data[off : off + 2])
         ttl = int.from_bytes(data[off + 4 : off + 8])
+        end = off + 10 + int.from_bytes(data[off + 8 : off + 10])
+        if rtype == T_SOA and off + 10 + SOA_MIN_RDATA <= end <= len(data):
+            ttl = min(ttl, int.from_bytes(data[end - 4 : end]))
         if rtype != T_OPT:
             out.append((off + 4, ttl))
-        off += 10 + int.from_bytes(data[off + 8 : off + 10])
+        off = end
     return out if off == len(data) else None
 
 

@@ -45,19 +45,56 @@ SOA = "a.com. 120 IN SOA ns.a.com. h.a.com. 1 2 3 4 60"
         pytest.param(
             ["a.com. 99999 IN A 1.2.3.4"], 0, [], DnsCache(max_ttl=3600), 3600, id="clamped-down"
         ),
-        pytest.param([], 3, [SOA], DnsCache(), 120, id="nxdomain-soa-ttl"),
+        pytest.param([], 3, [SOA], DnsCache(), 60, id="nxdomain-soa-minimum"),
+        pytest.param([], 3, [SOA.replace("120", "30")], DnsCache(), 30, id="nxdomain-soa-ttl"),
         pytest.param([], 3, [SOA], DnsCache(negative_ttl=30), 30, id="nxdomain-capped"),
-        pytest.param([], 0, [SOA], DnsCache(), 120, id="nodata"),
+        pytest.param([], 0, [SOA], DnsCache(), 60, id="nodata"),
     ],
 )
 def test_lifetime(
     lines: list[str], rcode: int, auth: list[str], cache: DnsCache, lifetime: int
 ) -> None:
-    """Entries live for the smallest TTL (clamped), negative answers for the SOA TTL (capped)."""
+    """Entries live for the smallest TTL (clamped), negative answers for the lesser of the SOA's
+    TTL and MINIMUM (capped)."""
     wire, qend = reply("a.com", lines, rcode, auth)
     assert cache.put(KEY, wire, qend, 1000.0)
     assert cache.get(KEY, 1000.0 + lifetime - 0.5) is not None
     assert cache.get(KEY, 1000.0 + lifetime) is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "rcode", "auth", "cache", "served"),
+    [
+        pytest.param(
+            ["a.com. 99999 IN A 1.2.3.4"], 0, [], DnsCache(max_ttl=3600), [3600, 3590], id="max"
+        ),
+        pytest.param(["a.com. 5 IN A 1.2.3.4"], 0, [], DnsCache(min_ttl=60), [60, 50], id="min"),
+        pytest.param(
+            ["a.com. 300 IN A 1.2.3.4", "a.com. 30 IN A 1.2.3.5"],
+            0,
+            [],
+            DnsCache(),
+            [300, 290, 30, 20],
+            id="each-record-its-own",
+        ),
+        pytest.param([], 3, [SOA], DnsCache(), [60, 50], id="nxdomain-soa-minimum"),
+        pytest.param([], 3, [SOA], DnsCache(negative_ttl=30), [30, 20], id="nxdomain-capped"),
+    ],
+)
+def test_served_ttls_are_clamped_and_count_down(
+    lines: list[str], rcode: int, auth: list[str], cache: DnsCache, served: list[int]
+) -> None:
+    """Clients get the clamped TTLs, counting down to 0 when the entry expires (not before)."""
+    wire, qend = reply("a.com", lines, rcode, auth)
+    assert cache.put(KEY, wire, qend, 1000.0)
+    entry = cache.get(KEY, 1010.0)
+    assert entry is not None
+    ttls = []
+    for record in range(len(served) // 2):
+        for now in (1000.0, 1010.0):
+            parsed = DNSRecord.parse(entry.render(now))
+            ttls.append([*parsed.rr, *parsed.auth][record].ttl)
+    assert ttls == served
 
 
 def test_ttls_count_down() -> None:
