@@ -398,7 +398,7 @@ class DnsFilter:
     def _fit(reply: bytes, q: Question, *, udp: bool) -> bytes:
         """Over UDP, truncate (TC) what exceeds the client's EDNS size, or 512."""
         if udp and len(reply) > (q.edns or 512):
-            return dns_wire.truncated(reply, q.qend, edns=q.edns is not None)
+            return dns_wire.truncated(reply, q)
         return reply
 
     def _is_allowed(self, ip: str) -> bool:

@@ -204,18 +204,29 @@ def error_reply(query: bytes, rcode: int) -> bytes | None:
 
 
 def refused_reply(query: bytes, q: Question) -> bytes:
-    """REFUSED with the question echoed (RFC 1035 style, what dig expects)."""
+    """REFUSED with the question echoed (what dig expects), with OPT if the query had it."""
     flags = 0x8000 | (q.flags & 0x7900) | (q.flags & 0x10) | RCODE_REFUSED
-    return query[:2] + _HHHH.pack(flags, 1, 0, 0) + b"\x00\x00" + query[HEADER : q.qend]
+    head = query[:2] + _HHHH.pack(flags, 1, 0, 0) + b"\x00" + _arcount(q)
+    return head + query[HEADER : q.qend] + _opt_for(q)
 
 
-def truncated(response: bytes, qend: int, *, edns: bool) -> bytes:
-    """The header and question of `response` with TC set and no records (OPT kept)."""
+def truncated(response: bytes, q: Question) -> bytes:
+    """The header and question of `response` with TC set and no records (OPT kept, DO echoed)."""
     b2 = response[2] | 0x02
     head = response[:2] + bytes((b2, response[3])) + response[4:6] + b"\x00\x00\x00\x00"
-    if not edns:
-        return head + b"\x00\x00" + response[HEADER:qend]
-    return head + b"\x00\x01" + response[HEADER:qend] + _OPT
+    return head + b"\x00" + _arcount(q) + response[HEADER : q.qend] + _opt_for(q)
+
+
+def _arcount(q: Question) -> bytes:
+    """The low byte of ARCOUNT for a reply carrying only `_opt_for(q)`."""
+    return b"\x00" if q.edns is None else b"\x01"
+
+
+def _opt_for(q: Question) -> bytes:
+    """The OPT record a reply to `q` carries: none without EDNS; the DO bit echoed (RFC 3225)."""
+    if q.edns is None:
+        return b""
+    return _OPT_DO if q.dnssec_ok else _OPT
 
 
 def svc_params(rdata: bytes) -> tuple[int, list[tuple[int, int, int]]] | None:
@@ -334,6 +345,7 @@ def opt_record(size: int = EDNS_SIZE, *, dnssec_ok: bool = False) -> bytes:
 
 
 _OPT = opt_record()
+_OPT_DO = opt_record(dnssec_ok=True)
 
 
 # --- dnslib: building prepared answers and reading unusual packets ------------------------

@@ -220,16 +220,33 @@ def test_address_hints(rdata: bytes, expect: list[str]) -> None:
     assert dns_wire.address_hints(rdata) == expect
 
 
-def test_truncated_keeps_question_and_opt() -> None:
-    """A truncated reply has TC, the question, no records and the OPT record."""
-    packet = query("big.com", edns=True)
+@pytest.mark.parametrize(
+    ("edns", "do", "opt_flags"),
+    [
+        pytest.param(False, False, None, id="no-edns-no-opt"),
+        pytest.param(True, False, 0, id="edns-opt"),
+        pytest.param(True, True, 0x8000, id="do-echoed"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["truncated", "refused"])
+def test_short_replies_keep_question_and_opt(
+    kind: str, *, edns: bool, do: bool, opt_flags: int | None
+) -> None:
+    """A truncated or REFUSED reply has the question, no records, and an OPT record (DO bit
+    echoed) exactly when the query had one."""
+    packet = query("big.com", edns=edns, do=do)
     q = dns_wire.parse_query(packet)
     assert q is not None
-    big = dns_wire.make_reply(q, 0, [])
-    reply = DNSRecord.parse(dns_wire.truncated(big, q.qend, edns=True))
-    assert reply.header.tc == 1
+    if kind == "truncated":
+        wire = dns_wire.truncated(dns_wire.make_reply(q, 0, []), q)
+    else:
+        wire = dns_wire.refused_reply(packet, q)
+    reply = DNSRecord.parse(wire)
+    assert (reply.header.tc, reply.header.rcode) == ((1, 0) if kind == "truncated" else (0, 5))
+    assert str(reply.q.qname) == "big.com."
     assert not reply.rr
-    assert [rr.rtype for rr in reply.ar] == [QTYPE.OPT]
+    opts = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
+    assert [rr.ttl & 0xFFFF for rr in opts] == ([] if opt_flags is None else [opt_flags])
 
 
 @pytest.mark.parametrize(
