@@ -1,12 +1,16 @@
 """DNS decision records: which queries are recorded, and trips counted per client.
 
 Refused and rate-limited queries are counted per client and recorded once per interval with
-the count, so a flood never becomes a record flood.
+the count, so a flood never becomes a record flood. At most `MAX_TRIP_CLIENTS` clients are
+tracked: trips from more (a flood from spoofed addresses) are counted together and recorded
+once per interval as one record from `0.0.0.0`, so neither memory nor records grow with the
+number of addresses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from agent.config import DnsRecords
@@ -18,6 +22,17 @@ from agent.runtime import Runtime
 from agent.writer import RecordWriter
 
 TRIP_INTERVAL = 10.0  # seconds: refused / rate-limited clients are recorded once per interval
+MAX_TRIP_CLIENTS = 10_000
+UNTRACKED = Client("0.0.0.0")  # the client of a record counting trips from many addresses
+
+
+@dataclass(slots=True)
+class _Trips:
+    """One client's refused or rate-limited queries since its last record."""
+
+    count: int = 0
+    reported: float = float("-inf")  # when the last record was written
+    name: str = ""  # the last name asked, for the record
 
 
 class Recorder:
@@ -27,8 +42,8 @@ class Recorder:
         self.mode = mode
         self.writer = writer if mode is not DnsRecords.OFF else None
         self.runtime = runtime
-        self._trips: dict[tuple[str, str], list[float]] = {}  # (kind, ip) -> [pending, last]
-        # Queue one templated record (template, time, query bytes): the writer's own lock-free
+        self._trips: dict[tuple[str, str], _Trips] = {}  # (kind, ip)
+        # Queue one templated record (template, time, DNS id): the writer's own lock-free
         # `stamp`, called straight from the hot path; templates exist only with a writer.
         self.stamp: Callable[[RecordTemplate, float, int], None] = (
             self.writer.stamp if self.writer is not None else _no_writer
@@ -74,34 +89,37 @@ class Recorder:
         """Count a refused/rate-limited query; record the count at most once per interval."""
         if self.writer is None:
             return
-        state = self._trips.setdefault((kind, client.ip), [0.0, 0.0])
-        state[0] += 1
-        if now - state[1] >= TRIP_INTERVAL:
-            self._report(kind, client, name, int(state[0]), now)
-            state[0], state[1] = 0.0, now
+        state = self._trips.get((kind, client.ip))
+        if state is None:
+            untracked = len(self._trips) >= MAX_TRIP_CLIENTS
+            key = (kind, UNTRACKED.ip if untracked else client.ip)
+            state = self._trips.setdefault(key, _Trips())
+            client = UNTRACKED if untracked else client
+        state.count += 1
+        state.name = name
+        if now - state.reported >= TRIP_INTERVAL:
+            self._report(kind, client, state, now)
 
-    def sweep(self, now: float) -> None:
-        """Report pending trip counts and forget idle clients (bounded state)."""
+    def sweep(self, now: float, *, final: bool = False) -> None:
+        """Record the counts that are due (all of them when `final`); forget idle clients."""
         for (kind, ip), state in list(self._trips.items()):
-            if state[0]:
-                self._report(kind, Client(ip), "", int(state[0]), now)
-                state[0], state[1] = 0.0, now
-            elif now - state[1] >= TRIP_INTERVAL:
+            if state.count and (final or now - state.reported >= TRIP_INTERVAL):
+                self._report(kind, Client(ip), state, now)
+            elif not state.count and now - state.reported >= TRIP_INTERVAL:
                 del self._trips[(kind, ip)]
 
-    def _report(self, kind: str, client: Client, name: str, count: int, now: float) -> None:
-        verdict = Verdicts.synthetic(name, kind)
-        self.emit(
-            client,
-            verdict,
-            now,
-            {
-                "aupguard.dns.count": count,
-                "aupguard.dns.outcome": kind,
-                "dns.response_code": "REFUSED",
-                "event.outcome": "failure",
-            },
-        )
+    def _report(self, kind: str, client: Client, state: _Trips, now: float) -> None:
+        count, name = state.count, state.name
+        state.count, state.reported = 0, now
+        extra: dict[str, Any] = {
+            "aupguard.dns.count": count,
+            "aupguard.dns.outcome": kind,
+            "dns.response_code": "REFUSED",
+            "event.outcome": "failure",
+        }
+        if client.ip == UNTRACKED.ip:
+            extra["aupguard.dns.untracked"] = True  # from clients beyond MAX_TRIP_CLIENTS
+        self.emit(client, Verdicts.synthetic(name, kind), now, extra)
 
 
 def _no_writer(_template: RecordTemplate, _now: float, _dns_id: int) -> None:

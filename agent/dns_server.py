@@ -33,7 +33,7 @@ from agent import dns_wire
 from agent.cli import command
 from agent.config import DnsRecords, DnsSection, IPNetwork, parse_network
 from agent.dns_cache import CacheKey, DnsCache, Entry, Replay, Verdicts
-from agent.dns_records import TRIP_INTERVAL, Recorder
+from agent.dns_records import Recorder
 from agent.dns_wire import Answers, Question
 from agent.metrics import (
     BYPASS_ATTEMPTS,
@@ -650,8 +650,7 @@ def udp_socket(host: str, port: int) -> socket.socket:
 
 
 async def _sweep(recorder: Recorder, tally: Tally, stop: asyncio.Event) -> None:
-    """Flush metrics every second and report rate-limit/refusal counts every interval."""
-    last_sweep = time.monotonic()
+    """Flush metrics and record due rate-limit/refusal counts every second; all at the end."""
     while not stop.is_set():
         try:
             async with asyncio.timeout(1.0):
@@ -659,9 +658,7 @@ async def _sweep(recorder: Recorder, tally: Tally, stop: asyncio.Event) -> None:
         except TimeoutError:
             pass
         tally.flush()
-        if stop.is_set() or time.monotonic() - last_sweep >= TRIP_INTERVAL:
-            recorder.sweep(time.time())
-            last_sweep = time.monotonic()
+        recorder.sweep(time.time(), final=stop.is_set())
 
 
 def _args(p: argparse.ArgumentParser) -> None:

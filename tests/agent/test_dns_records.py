@@ -51,3 +51,47 @@ def test_a_flood_is_recorded_once_per_interval_with_its_count(runtime: Runtime) 
     assert all(r["dns"]["response_code"] == "REFUSED" for r in writer.records)
     recorder.sweep(100.0 + 3 * TRIP_INTERVAL)  # idle clients are forgotten: bounded state
     assert recorder._trips == {}
+
+
+@pytest.mark.parametrize(
+    ("sweeps", "counts"),
+    [
+        pytest.param([(105.0, False)], [1], id="pending-count-waits-for-its-interval"),
+        pytest.param([(105.0, False), (110.0, False)], [1, 3], id="recorded-when-due"),
+        pytest.param([(105.0, True)], [1, 3], id="final-sweep-records-everything"),
+    ],
+)
+def test_each_client_is_recorded_at_most_once_per_interval(
+    runtime: Runtime, sweeps: list[tuple[float, bool]], counts: list[int]
+) -> None:
+    """A client's trip records are an interval apart, whenever the sweep runs; the last sweep
+    (shutdown) records what is still pending, with the last name asked."""
+    writer = ListWriter()
+    recorder = Recorder(DnsRecords.DEFAULT, writer, runtime)  # type: ignore[arg-type]
+    for i, now in enumerate((100.0, 101.0, 102.0, 103.0)):
+        recorder.trip("rate-limited", Client("192.0.2.7"), f"n{i}.test", now)
+    for now, final in sweeps:
+        recorder.sweep(now, final=final)
+    assert [r["aupguard"]["dns"]["count"] for r in writer.records] == counts
+    assert [r["dns"]["question"]["name"] for r in writer.records][1:] == ["n3.test"][
+        : len(counts) - 1
+    ]
+
+
+def test_trips_from_more_clients_than_tracked_are_counted_together(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood from many (spoofed) addresses: memory and records stay bounded, nothing is
+    lost from the counts."""
+    monkeypatch.setattr("agent.dns_records.MAX_TRIP_CLIENTS", 5)
+    writer = ListWriter()
+    recorder = Recorder(DnsRecords.DEFAULT, writer, runtime)  # type: ignore[arg-type]
+    for i in range(1000):
+        recorder.trip("refused", Client(f"198.51.{i // 256}.{i % 256}"), "x.test", 100.0)
+    assert len(recorder._trips) == 6
+    recorder.sweep(100.0, final=True)
+    sources = [r["source"]["ip"] for r in writer.records]
+    assert len(sources) == 7  # five clients, and "the rest" on its first trip and at the end
+    assert sources[5:] == ["0.0.0.0", "0.0.0.0"]
+    assert sum(r["aupguard"]["dns"]["count"] for r in writer.records) == 1000
+    assert writer.records[-1]["aupguard"]["dns"]["untracked"] is True

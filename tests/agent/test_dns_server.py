@@ -147,9 +147,12 @@ def test_trips_are_recorded_once_per_interval(runtime: Runtime) -> None:
         reply = dns.answer(packet, "127.0.0.1", 1000.0 + i * 0.1, udp=True)
         assert isinstance(reply, bytes)
         assert reply[3] & 0x0F == 5
-    dns.recorder.sweep(1005.0)
+    dns.recorder.sweep(1005.0)  # not due: the first record was written at 1000
+    assert [r["aupguard"]["dns"]["count"] for r in writer.records] == [1]
+    dns.recorder.sweep(1010.0)
     counts = [r["aupguard"]["dns"]["count"] for r in writer.records]
     assert counts == [1, 49]
+    assert writer.records[1]["dns"]["question"]["name"] == "a.example"
 
 
 @pytest.mark.parametrize(
