@@ -499,7 +499,12 @@ class UdpServer:
 
 
 class TcpServer:
-    """Length-prefixed DNS over TCP: idle timeout, connection cap, bounded message size."""
+    """Length-prefixed DNS over TCP: idle timeout, connection caps, bounded message size.
+
+    One address may hold an eighth of `tcp_max_connections`, so that a client keeping
+    connections open (slowly, or by the hundred) cannot take TCP from everyone else, the
+    clients falling back from truncated UDP answers included.
+    """
 
     MAX_QUERY = 4096
 
@@ -507,15 +512,19 @@ class TcpServer:
         self.core = core
         self.idle = section.tcp_idle_timeout
         self.max_connections = section.tcp_max_connections
+        self.max_per_client = max(1, section.tcp_max_connections // 8)
         self.connections = 0
+        self.per_client: dict[str, int] = {}
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer queries on one connection until EOF, timeout or a bad message."""
-        if self.connections >= self.max_connections:
+        ip = str(writer.get_extra_info("peername")[0])
+        held = self.per_client.get(ip, 0)
+        if self.connections >= self.max_connections or held >= self.max_per_client:
             writer.close()
             return
         self.connections += 1
-        ip = str(writer.get_extra_info("peername")[0])
+        self.per_client[ip] = held + 1
         try:
             while await self._one(reader, writer, ip):
                 pass
@@ -523,6 +532,10 @@ class TcpServer:
             pass  # slow, vanished or misbehaving client: close
         finally:
             self.connections -= 1
+            if self.per_client[ip] > 1:
+                self.per_client[ip] -= 1
+            else:
+                del self.per_client[ip]
             writer.close()
 
     async def _one(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -240,6 +241,29 @@ def test_slow_tcp_client_does_not_stall_others(dns_server: DnsProcess) -> None:
         assert ask(dns_server, "allowed.test").rcode() == dns.rcode.NOERROR
         huge.settimeout(2)
         assert huge.recv(10) == b""  # closed: larger than any query
+
+
+def test_one_address_cannot_take_every_tcp_connection(
+    dns_upstream: DnsUpstream, tmp_path: Path
+) -> None:
+    """With `tcp_max_connections: 16` one address holds 2 connections; its third is closed at
+    once, while another address is still served over TCP."""
+    config = dns_write_config(tmp_path, dns_extra="tcp_max_connections: 16")
+    server = dns_start(config, "--listen", f"{HOST}:0", "--upstream", f"{HOST}:{dns_upstream.port}")
+    try:
+        with contextlib.ExitStack() as held:
+            for _ in range(2):
+                held.enter_context(socket.create_connection((HOST, server.port))).sendall(b"\x00")
+            third = held.enter_context(socket.create_connection((HOST, server.port)))
+            third.settimeout(2)
+            assert third.recv(10) == b""  # closed at once, not after the idle timeout
+            other = dns.query.tcp(
+                dns.message.make_query("allowed.test", "A"), HOST, port=server.port, timeout=3,
+                source="127.0.0.2",
+            )  # fmt: skip
+            assert other.rcode() == dns.rcode.NOERROR
+    finally:
+        assert server.stop() == 0
 
 
 @pytest.mark.skipif(
