@@ -47,6 +47,7 @@ RCODE_SERVFAIL = 2
 RCODE_NXDOMAIN = 3
 RCODE_NOTIMP = 4
 RCODE_REFUSED = 5
+RCODE_BADVERS = 16  # extended: its upper bits travel in the OPT record
 EDNS_SIZE = 1232
 
 # Bypass names answered here whatever the policy (docs/dns.md): Firefox's DoH canary and
@@ -139,8 +140,8 @@ def _read_opt(data: bytes, offset: int) -> tuple[int, bool] | None:
         return None
     rtype, size = _HH.unpack_from(data, offset + 1)
     rdlen = int.from_bytes(data[offset + 9 : offset + 11])
-    if rtype != T_OPT or offset + 11 + rdlen != len(data):
-        return None
+    if rtype != T_OPT or offset + 11 + rdlen != len(data) or data[offset + 6]:
+        return None  # not one OPT record ending the message, or an EDNS version beyond 0
     return max(int(size), 512), bool(data[offset + 7] & 0x80)  # TTL: rcode, version, DO|Z
 
 
@@ -201,6 +202,18 @@ def error_reply(query: bytes, rcode: int) -> bytes | None:
         return None  # too short to answer, or a response: never answer those (loops)
     flags = 0x8000 | (query[2] & 0x79) << 8 | (query[3] & 0x10) | rcode
     return query[:2] + _HH.pack(flags, 0) + b"\x00" * 6
+
+
+def badvers_reply(query: bytes, question: bytes) -> bytes | None:
+    """BADVERS for an EDNS version beyond 0, echoing the `question` (wire); None for a non-query.
+
+    RFC 6891 section 6.1.3: an OPT record of version 0 carries the upper bits of rcode 16.
+    """
+    head = error_reply(query, 0)
+    if head is None:
+        return None
+    opt = struct.pack("!HHIH", T_OPT, EDNS_SIZE, (RCODE_BADVERS >> 4) << 24, 0)
+    return head[:4] + _HHHH.pack(1, 0, 0, 1) + question + b"\x00" + opt
 
 
 def refused_reply(query: bytes, q: Question) -> bytes:
@@ -380,6 +393,12 @@ def make_reply(q: Question, rcode: int, *sections: list[Any]) -> bytes:
     return bytes(rec.pack())
 
 
+def _plain_name(labels: tuple[bytes, ...]) -> bool:
+    """Labels of 1 to 63 bytes, 255 bytes in all on the wire."""
+    wire_size = sum(len(p) + 1 for p in labels) + 1
+    return all(0 < len(p) <= MAX_LABEL for p in labels) and wire_size <= MAX_NAME
+
+
 class Answers:
     """Prepared answers (blocked names, bypass names, SERVFAIL) and upstream reply rewriting."""
 
@@ -461,18 +480,15 @@ class Answers:
             return error_reply(data, RCODE_FORMERR), None
         if rec.header.opcode != 0:
             return error_reply(data, RCODE_NOTIMP), None
-        if len(rec.questions) != 1:
+        if len(rec.questions) != 1 or not _plain_name(rec.questions[0].qname.label):
             return error_reply(data, RCODE_FORMERR), None
         question = rec.questions[0]
-        labels = question.qname.label
-        if (
-            any(not 0 < len(p) <= MAX_LABEL for p in labels)
-            or sum(len(p) + 1 for p in labels) + 1 > MAX_NAME
-        ):
-            return error_reply(data, RCODE_FORMERR), None
+        asked = label_wire(question.qname) + struct.pack("!HH", question.qtype, question.qclass)
         opt = [rr for rr in rec.ar if rr.rtype == T_OPT]
+        if opt and (opt[0].ttl >> 16) & 0xFF:  # an EDNS version beyond 0
+            return badvers_reply(data, asked), None
         clean = data[:4] + b"\x00\x01\x00\x00\x00\x00" + (b"\x00\x01" if opt else b"\x00\x00")
-        clean += label_wire(question.qname) + struct.pack("!HH", question.qtype, question.qclass)
+        clean += asked
         if opt:  # keep the size and the DO bit only
             clean += opt_record(max(opt[0].rclass, 512), dnssec_ok=bool(opt[0].ttl & 0x8000))
         q = parse_query(clean)

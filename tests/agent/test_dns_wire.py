@@ -74,6 +74,11 @@ def test_parse_query_rejects_unusual_packets(packet: bytes) -> None:
     assert dns_wire.parse_query(packet) is None
 
 
+_edns1 = DNSRecord.question("a.test")
+_edns1.add_ar(EDNS0(version=1, udp_len=1232))
+EDNS1 = bytes(_edns1.pack())
+
+
 @pytest.mark.parametrize(
     ("packet", "rcode"),
     [
@@ -93,15 +98,20 @@ def test_parse_query_rejects_unusual_packets(packet: bytes) -> None:
             dns_wire.RCODE_NOTIMP,
             id="update-opcode",
         ),
+        pytest.param(EDNS1, dns_wire.RCODE_BADVERS, id="edns-version-1-badvers"),
     ],
 )
 def test_normalise_answers_bad_queries_with_an_error(packet: bytes, rcode: int) -> None:
-    """The slow path answers malformed queries with FORMERR (NOTIMP for other opcodes)."""
+    """The slow path answers malformed queries with FORMERR (NOTIMP for other opcodes, BADVERS
+    for EDNS versions beyond 0, its upper bits in an OPT record of version 0)."""
     reply, q = dns_wire.Answers(DnsSection()).normalise(packet)
     assert q is None
     assert reply is not None
     assert reply[:2] == packet[:2]
-    assert reply[3] & 0x0F == rcode
+    opts = [rr for rr in DNSRecord.parse(reply).ar if rr.rtype == QTYPE.OPT]
+    assert [(rr.ttl >> 16) & 0xFF for rr in opts] == [0] * len(opts)  # version 0
+    upper = opts[0].ttl >> 24 if opts else 0
+    assert upper << 4 | reply[3] & 0x0F == rcode
 
 
 def test_normalise_accepts_compressed_question_with_additional_records() -> None:

@@ -243,6 +243,14 @@ def test_slow_tcp_client_does_not_stall_others(dns_server: DnsProcess) -> None:
         assert huge.recv(10) == b""  # closed: larger than any query
 
 
+def test_an_edns_version_beyond_0_gets_badvers(dns_server: DnsProcess) -> None:
+    """RFC 6891: a query with EDNS version 1 is answered BADVERS with an OPT of version 0."""
+    query = dns.message.make_query("allowed.test", "A", use_edns=1)
+    reply = dns.query.udp(query, HOST, port=dns_server.port, timeout=3)
+    assert reply.rcode() == dns.rcode.BADVERS
+    assert reply.edns == 0
+
+
 def test_one_address_cannot_take_every_tcp_connection(
     dns_upstream: DnsUpstream, tmp_path: Path
 ) -> None:
