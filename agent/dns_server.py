@@ -191,20 +191,19 @@ class DnsFilter:
         category, rule and matched entry, with the target in `aupguard.dns.cloaked_by`.
         """
         request = job.verdict[0] if job.verdict is not None else cloak[0]
-        decision = cloak[1]
-        job = replace(job, verdict=(request, decision), cloaked_by=cloak[0].host)
+        job = replace(job, verdict=(request, cloak[1]), cloaked_by=cloak[0].host)
+        return job, self._decision_counts(cloak[1])
+
+    def _decision_counts(self, decision: Decision) -> Counts:
+        """The `aupguard_decisions_total` cell a DNS decision counts in."""
         label, category = decision.action.label, decision.category or "none"
-        return job, (self.tally.cell(DECISIONS, "dns", label, category),)
+        return (self.tally.cell(DECISIONS, "dns", label, category),)
 
     def _prepared_kind(
         self, q: Question, verdict: tuple[Request, Decision] | None
     ) -> tuple[str | None, Counts]:
         """The prepared answer the query needs (bypass name or block), if any, and its counts."""
-        counts: Counts = ()
-        if verdict is not None:
-            decision = verdict[1]
-            label, category = decision.action.label, decision.category or "none"
-            counts = (self.tally.cell(DECISIONS, "dns", label, category),)
+        counts = self._decision_counts(verdict[1]) if verdict is not None else ()
         kind = self.answers.special(q.name)
         if kind is not None:
             return kind, (*counts, self.tally.cell(BYPASS_ATTEMPTS, "dns-bypass-name"))
