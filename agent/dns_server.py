@@ -506,6 +506,7 @@ class TcpServer:
     """
 
     MAX_QUERY = 4096
+    MAX_PIPELINE = 32  # lookups under way on one connection; the next read waits for one
 
     def __init__(self, core: DnsFilter, section: DnsSection) -> None:
         self.core = core
@@ -516,7 +517,12 @@ class TcpServer:
         self.per_client: dict[str, int] = {}
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Answer queries on one connection until EOF, timeout or a bad message."""
+        """Answer queries on one connection until EOF, timeout or a bad message.
+
+        Pipelined queries are answered concurrently (RFC 7766 section 6.2.1.1): one waiting
+        for an upstream does not hold up the next, and answers go out as they are ready.
+        At EOF or a bad message the answers still under way are sent before closing.
+        """
         ip = str(writer.get_extra_info("peername")[0])
         held = self.per_client.get(ip, 0)
         if self.connections >= self.max_connections or held >= self.max_per_client:
@@ -524,12 +530,17 @@ class TcpServer:
             return
         self.connections += 1
         self.per_client[ip] = held + 1
+        lookups: set[asyncio.Task[None]] = set()
         try:
-            while await self._one(reader, writer, ip):
+            while await self._one(reader, writer, ip, lookups):
                 pass
+            if lookups:
+                await asyncio.wait(lookups)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass  # slow, vanished or misbehaving client: close
         finally:
+            for task in lookups:
+                task.cancel()
             self.connections -= 1
             if self.per_client[ip] > 1:
                 self.per_client[ip] -= 1
@@ -538,10 +549,20 @@ class TcpServer:
             writer.close()
 
     async def _one(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ip: str,
+        lookups: set[asyncio.Task[None]],
     ) -> bool:
+        """Read and answer one query (a lookup goes on in `lookups`); False to stop reading."""
         async with asyncio.timeout(self.idle):
-            size = int.from_bytes(await reader.readexactly(2))
+            try:
+                size = int.from_bytes(await reader.readexactly(2))
+            except asyncio.IncompleteReadError as e:
+                if e.partial:
+                    raise
+                return False  # EOF between messages: the client has asked everything
             if not dns_wire.HEADER <= size <= self.MAX_QUERY:
                 return False
             data = await reader.readexactly(size)
@@ -551,13 +572,28 @@ class TcpServer:
             log_event("dns_bad_packet", client=ip, error=repr(e))
             return False
         if isinstance(result, Lookup):
-            result = await self.core.lookup(result)
+            if len(lookups) >= self.MAX_PIPELINE:
+                await asyncio.wait(lookups, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.get_running_loop().create_task(self._later(result, writer))
+            lookups.add(task)
+            task.add_done_callback(lookups.discard)
+            return True
         if result is None:
             return False
-        writer.write(len(result).to_bytes(2) + result)
+        await self._send(writer, result)
+        return True
+
+    async def _later(self, job: Lookup, writer: asyncio.StreamWriter) -> None:
+        """Send a pipelined lookup's answer when it is ready (the client may be gone)."""
+        reply = await self.core.lookup(job)
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            await self._send(writer, reply)
+
+    async def _send(self, writer: asyncio.StreamWriter, reply: bytes) -> None:
+        """One length-prefixed message, written whole (answers never interleave)."""
+        writer.write(len(reply).to_bytes(2) + reply)
         async with asyncio.timeout(self.idle):
             await writer.drain()
-        return True
 
 
 # --- service --------------------------------------------------------------------------------

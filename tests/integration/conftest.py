@@ -59,7 +59,9 @@ DNS_ZONE: dict[str, list[str]] = {
         )
     ],
     "newblock.test": ["newblock.test. 300 IN A 192.0.2.9"],
+    "slow.test": ["slow.test. 300 IN A 192.0.2.11"],  # answered after SLOW_SECONDS
 }
+SLOW_SECONDS = 0.5
 
 
 @dataclass
@@ -105,8 +107,13 @@ class _UpstreamUdp(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        edns = [rr.rclass for rr in DNSRecord.parse(data).ar if rr.rtype == QTYPE.OPT]
-        self.transport.sendto(self.upstream.answer(data, edns[0] if edns else 512), addr)
+        query = DNSRecord.parse(data)
+        edns = [rr.rclass for rr in query.ar if rr.rtype == QTYPE.OPT]
+        reply = self.upstream.answer(data, edns[0] if edns else 512)
+        if str(query.q.qname).lower() == "slow.test.":
+            asyncio.get_running_loop().call_later(SLOW_SECONDS, self.transport.sendto, reply, addr)
+        else:
+            self.transport.sendto(reply, addr)
 
 
 def _run_upstream(upstream: DnsUpstream, ready: threading.Event) -> None:

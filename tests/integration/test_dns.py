@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import (
+    SLOW_SECONDS,
     DnsProcess,
     DnsUpstream,
     dns_free_udp_port,
@@ -241,6 +242,25 @@ def test_slow_tcp_client_does_not_stall_others(dns_server: DnsProcess) -> None:
         assert ask(dns_server, "allowed.test").rcode() == dns.rcode.NOERROR
         huge.settimeout(2)
         assert huge.recv(10) == b""  # closed: larger than any query
+
+
+def test_pipelined_tcp_queries_are_answered_as_they_are_ready(dns_server: DnsProcess) -> None:
+    """RFC 7766: a query waiting for a slow upstream does not hold up the next one on the
+    same connection; and after the client's EOF the answer under way is still sent."""
+    slow, blocked = (dns.message.make_query(name, "A") for name in ("slow.test", "blocked.test"))
+    slow.id, blocked.id = 1, 2
+    wire = b"".join(len(m.to_wire()).to_bytes(2) + m.to_wire() for m in (slow, blocked))
+    with socket.create_connection((HOST, dns_server.port)) as conn:
+        conn.settimeout(5)
+        conn.sendall(wire)
+        conn.shutdown(socket.SHUT_WR)  # asked everything
+        started = time.monotonic()
+        first = dns.query.receive_tcp(conn, time.time() + 5)[0]
+        first_took = time.monotonic() - started
+        second = dns.query.receive_tcp(conn, time.time() + 5)[0]
+    assert (first.id, first.rcode()) == (2, dns.rcode.NXDOMAIN)
+    assert first_took < SLOW_SECONDS  # not after the slow lookup
+    assert (second.id, second.rcode()) == (1, dns.rcode.NOERROR)
 
 
 def test_an_edns_version_beyond_0_gets_badvers(dns_server: DnsProcess) -> None:
