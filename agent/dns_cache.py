@@ -132,21 +132,34 @@ class DnsCache:
         self, key: CacheKey, wire: bytes, qend: int, now: float, aliases: tuple[bytes, ...] = ()
     ) -> bool:
         """Cache a response with its question ending at `qend`; False when not cacheable."""
-        if self.max_entries <= 0:
+        prepared = self._prepare(wire, qend) if self.max_entries > 0 else None
+        if prepared is None:
             return False
+        wire, offsets, lifetime = prepared
+        if key not in self._entries and len(self._entries) >= self.max_entries:
+            self._evict(now)
+        self._entries[key] = Entry(wire, offsets, now, now + lifetime, aliases)
+        return True
+
+    def served(self, wire: bytes, qend: int) -> bytes:
+        """A fresh upstream response as clients get it: with the TTLs a cached copy starts at."""
+        prepared = self._prepare(wire, qend)
+        return wire if prepared is None else prepared[0]
+
+    def _prepare(self, wire: bytes, qend: int) -> tuple[bytes, list[tuple[int, int]], int] | None:
+        """(response with its served TTLs, their offsets, lifetime); None if not cacheable.
+
+        Not cacheable: malformed, SERVFAIL/REFUSED, truncated, or a lifetime of 0.
+        """
         offsets = dns_wire.rr_ttl_offsets(wire, qend)
         rcode = wire[3] & 0x0F
         if offsets is None or rcode not in (0, dns_wire.RCODE_NXDOMAIN) or wire[2] & 0x02:
-            return False  # malformed, SERVFAIL/REFUSED or truncated: never cached
+            return None
         lifetime = self.lifetime(wire, offsets, rcode)
         if lifetime <= 0:
-            return False
-        if key not in self._entries and len(self._entries) >= self.max_entries:
-            self._evict(now)
+            return None
         offsets = self._served(wire, offsets, rcode, lifetime)
-        wire = dns_wire.set_ttls(wire, offsets, 0)
-        self._entries[key] = Entry(wire, offsets, now, now + lifetime, aliases)
-        return True
+        return dns_wire.set_ttls(wire, offsets, 0), offsets, lifetime
 
     def _served(
         self, wire: bytes, offsets: list[tuple[int, int]], rcode: int, lifetime: int

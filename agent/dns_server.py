@@ -274,7 +274,10 @@ class DnsFilter:
         if (halt is not None and halt.is_set()) or (
             self.limiter is not None and not self.limiter.allow(ip, now)
         ):  # (a refused token is not taken: the full path asks the limiter again)
-            del self._replays[ip][data[2:]]
+            kept = self._replays[ip]
+            del kept[data[2:]]
+            if not kept:  # an empty table per client would outlive the bound on replays
+                del self._replays[ip]
             self._replays_kept -= 1
             return self._decide(data, ip, now, udp=True)  # type: ignore[return-value]  # bytes
         for cell in replay.counts:  # `bump`, inlined
@@ -341,6 +344,7 @@ class DnsFilter:
                 q.name, q.qtype, q.qclass, dnssec_ok=q.dnssec_ok
             )
             template, aliases = self.answers.from_upstream(reply, q)
+            template = self.cache.served(template, q.qend)  # the first answer is clamped too
             now = time.time()
             self.cache.put(key, template, q.qend, now, aliases)
             self.recent.record(q.name, template, now)  # queued: never waits
@@ -358,8 +362,10 @@ class DnsFilter:
         return result
 
     def _shed(self, job: Lookup) -> bytes:
-        """SERVFAIL at once: too many lookups are under way."""
+        """SERVFAIL at once, counted and recorded: too many lookups are under way."""
         bump(job.counts)
+        self._record_failure(job, f"over {MAX_INFLIGHT} lookups under way")
+        self.tally.add(DNS_QUERIES, "servfail")
         return self._servfail(job)
 
     def _servfail(self, job: Lookup) -> bytes:

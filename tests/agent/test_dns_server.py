@@ -364,6 +364,19 @@ def test_replay_stops_when_inputs_change(runtime: Runtime, tmp_path: Path, chang
         assert DNSRecord.parse(result).header.rcode == expected[change]
 
 
+def test_rate_limited_clients_leave_no_replay_tables(runtime: Runtime) -> None:
+    """A replay dropped for the rate limit takes its client's table with it when that empties:
+    clients by the thousand (spoofed sources) must not grow memory past MAX_REPLAYS."""
+    dns, _ = core(runtime)
+    dns.limiter.rate, dns.limiter.burst = 1.0, 2.0  # type: ignore[union-attr]
+    for k in range(300):
+        ip = f"127.1.{k // 256}.{k % 256}"
+        for _ in range(3):  # decided and remembered, replayed, then refused: replay dropped
+            dns.answer(query("blocked.test"), ip, 1000.0, udp=True)
+    assert dns._replays_kept == sum(len(kept) for kept in dns._replays.values()) == 0
+    assert dns._replays == {}
+
+
 MONDAY = dt.datetime(2026, 11, 23, tzinfo=dt.UTC).timestamp()
 
 
@@ -491,6 +504,53 @@ def test_a_cloaked_block_is_recorded_and_counted_as_the_targets_block(
     assert "gambling" in json.dumps(record["aupguard"])
     counts = {labels: cell[0] for (_, labels), cell in dns.tally.cells.items() if cell[0]}
     assert counts == {("dns", "block", "gambling"): 1, ("block",): 1}
+
+
+@pytest.mark.parametrize(
+    ("ttl", "clamp", "served"),
+    [
+        pytest.param(999_999, {"max_ttl": 120}, 120, id="max"),
+        pytest.param(5, {"min_ttl": 60}, 60, id="min"),
+        pytest.param(300, {}, 300, id="within"),
+    ],
+)
+def test_the_first_answer_from_upstream_is_clamped_too(
+    runtime: Runtime, ttl: int, clamp: dict[str, int], served: int
+) -> None:
+    """cache_min_ttl/cache_max_ttl apply to the answer that fills the cache, not only to the
+    copies served from it."""
+    dns, _ = core(runtime)
+    for key, value in clamp.items():
+        setattr(dns.cache, key, value)
+    upstream = DNSRecord.question("fine.example").reply()
+    upstream.add_answer(RR("fine.example", rdata=A("192.0.2.7"), ttl=ttl))
+
+    async def resolve(*_: Any, **__: Any) -> tuple[bytes, FakeUpstream]:
+        return bytes(upstream.pack()), FakeUpstream()
+
+    dns.pool.resolve = resolve  # type: ignore[method-assign]
+    job = dns.answer(query("fine.example"), "127.0.0.1", time.time(), udp=False)
+    assert isinstance(job, Lookup)
+    fresh = DNSRecord.parse(asyncio.run(dns.lookup(job)))
+    cached = dns.answer(query("fine.example"), "127.0.0.1", time.time(), udp=False)
+    assert isinstance(cached, bytes)
+    assert fresh.rr[0].ttl == DNSRecord.parse(cached).rr[0].ttl == served
+
+
+def test_a_query_shed_for_too_many_lookups_is_counted_and_recorded(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over MAX_INFLIGHT the answer is SERVFAIL at once, and a failure like any other."""
+    monkeypatch.setattr(dns_server, "MAX_INFLIGHT", 0)
+    dns, writer = core(runtime)
+    reply = dns.answer(query("fine.example"), "127.0.0.1", 1000.0, udp=True)
+    assert isinstance(reply, bytes)
+    assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
+    (record,) = writer.records
+    assert record["aupguard"]["dns"]["outcome"] == "servfail"
+    assert "lookups under way" in record["error"]["message"]
+    counts = {labels: cell[0] for (_, labels), cell in dns.tally.cells.items() if cell[0]}
+    assert counts[("servfail",)] == 1
 
 
 def test_an_internal_error_in_a_lookup_is_a_servfail(runtime: Runtime) -> None:
