@@ -751,8 +751,12 @@ def cmd_dns(args: argparse.Namespace) -> int:
     """Run the DNS filter (UDP and TCP) until SIGTERM; SIGHUP reloads policy and lists."""
     runtime = Runtime(args.config)
     try:
+        Answers(runtime.engine.config.dns)  # validates the block mode's addresses before listening
+    except ValueError as e:
+        sys.stderr.write(f"aupguard dns: {args.config}: {e}\n")
+        return 1
+    try:
         settings = make_settings(runtime.engine.config.dns, args)
-        Answers(settings.section)  # validates the block mode's addresses before listening
     except ValueError as e:
         sys.stderr.write(f"aupguard dns: {e}\n")
         return 2

@@ -62,6 +62,8 @@ def parse_addr(text: str, default_port: int = 53) -> tuple[str, int]:
         host, port = text.split(":")
     else:
         host, port = text, ""
+    if port and not port.isdigit():
+        raise ValueError(f"bad address {text!r}: the port {port!r} is not a number")
     number = int(port) if port else default_port
     if not host or not 0 <= number < 65536:
         raise ValueError(f"bad address {text!r}: expected ADDR:PORT")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,11 +47,12 @@ def test_parse_addr(text: str, expect: tuple[str, int]) -> None:
         pytest.param("1.2.3.4:99999", id="port-range"),
         pytest.param(":53", id="no-host"),
         pytest.param("1.2.3.4:x", id="port-not-number"),
+        pytest.param("[::1]:5x", id="v6-port-not-number"),
     ],
 )
 def test_parse_addr_rejects(text: str) -> None:
-    """Bad addresses raise ValueError."""
-    with pytest.raises(ValueError):
+    """Bad addresses raise ValueError naming the address."""
+    with pytest.raises(ValueError, match=re.escape(repr(text))):
         parse_addr(text)
 
 

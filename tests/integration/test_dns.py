@@ -26,6 +26,7 @@ from tests.integration.conftest import (
     SLOW_SECONDS,
     DnsProcess,
     DnsUpstream,
+    dns_command,
     dns_free_udp_port,
     dns_start,
     dns_write_config,
@@ -242,6 +243,26 @@ def test_slow_tcp_client_does_not_stall_others(dns_server: DnsProcess) -> None:
         assert ask(dns_server, "allowed.test").rcode() == dns.rcode.NOERROR
         huge.settimeout(2)
         assert huge.recv(10) == b""  # closed: larger than any query
+
+
+@pytest.mark.parametrize(
+    ("mode", "flags", "code"),
+    [
+        pytest.param("blockpage", [], 1, id="config-error-blockpage-without-address"),
+        pytest.param("nxdomain", ["--upstream", "1.2.3.4:x"], 2, id="bad-flag"),
+    ],
+)
+def test_dns_exit_codes(tmp_path: Path, mode: str, flags: list[str], code: int) -> None:
+    """1 for a config error, 2 for a bad flag (docs/dns.md), each with the reason."""
+    config = dns_write_config(tmp_path, block_mode=mode)
+    text = config.read_text().replace("  blockpage_ipv4: 192.0.2.80\n", "")
+    config.write_text(text)
+    done = subprocess.run(
+        [*dns_command(), "dns", "--config", str(config), "--listen", f"{HOST}:0", *flags],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr
+    assert ("blockpage" if code == 1 else "1.2.3.4:x") in done.stderr
 
 
 def test_pipelined_tcp_queries_are_answered_as_they_are_ready(dns_server: DnsProcess) -> None:
