@@ -753,7 +753,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     try:
         Answers(runtime.engine.config.dns)  # validates the block mode's addresses before listening
     except ValueError as e:
-        sys.stderr.write(f"aupguard dns: {args.config}: {e}\n")
+        sys.stderr.write(f"aupguard dns: {args.config or 'built-in config'}: {e}\n")
         return 1
     try:
         settings = make_settings(runtime.engine.config.dns, args)
