@@ -49,7 +49,13 @@ from agent.recent_answers import AnswerRecorder
 from agent.runtime import Runtime, settle_gc
 from agent.shipping import open_writer
 from agent.throttle import ClientRateLimiter
-from agent.upstream import UpstreamError, UpstreamPool, parse_addr, system_resolvers
+from agent.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    parse_addr,
+    parse_upstream,
+    system_resolvers,
+)
 from agent.writer import RecordWriter
 
 GC_YOUNG = 50_000  # young-generation threshold: records are short-lived (runtime.settle_gc)
@@ -86,7 +92,7 @@ def make_settings(
         nets = tuple(parse_network(c) for c in args.allow_clients.split(",") if c.strip())
         section = replace(section, allow_clients=nets)
     listen = tuple(parse_addr(a) for a in (args.listen or section.listen))
-    upstreams = tuple(parse_addr(a) for a in (args.upstream or section.upstreams))
+    upstreams = tuple(parse_upstream(a) for a in (args.upstream or section.upstreams))
     if not upstreams:  # the embedded default: forward to whatever the host itself uses
         upstreams = system_resolvers(resolv_conf, exclude=listen)
     if not upstreams:

@@ -1,7 +1,9 @@
 """Upstream resolver client: several resolvers, failover, health, spoofing-resistant.
 
 Every query gets a fresh random id and a fresh connected UDP socket (so a random source
-port chosen by the kernel, and only datagrams from the queried address reach it); a reply is
+port chosen by the kernel, and only datagrams from the queried address reach it). Upstreams
+are IP addresses, and the socket is made here: an event loop's datagram endpoint given a
+`remote_addr` may resolve it on a thread pool for every query (uvloop does). A reply is
 accepted only with the same id and question. A truncated UDP reply is retried over TCP.
 An upstream that fails is skipped for a back-off period; when every upstream fails the
 caller answers SERVFAIL.
@@ -10,7 +12,9 @@ caller answers SERVFAIL.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
+import socket
 import struct
 import time
 from collections.abc import Iterable
@@ -70,6 +74,16 @@ def parse_addr(text: str, default_port: int = 53) -> tuple[str, int]:
     return host, number
 
 
+def parse_upstream(text: str) -> tuple[str, int]:
+    """`parse_addr` for an upstream, which must be an IP address: the filter cannot look it up."""
+    host, port = parse_addr(text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad upstream {text!r}: expected an IP address, not a name") from None
+    return host, port
+
+
 @dataclass(slots=True)
 class Upstream:
     """One resolver and its health: consecutive failures and when to try it again."""
@@ -79,6 +93,11 @@ class Upstream:
     failures: int = 0
     retry_at: float = 0.0
     answered: int = 0
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        """The address family of `host` (an IP address: `parse_upstream`)."""
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
     @property
     def label(self) -> str:
@@ -108,29 +127,12 @@ def build_query(
 
 
 def matches(reply: bytes, query: bytes, qend: int) -> bool:
-    """True when `reply` answers `query`: same id, QR set, same question (case-insensitive)."""
+    """True when `reply` answers `query`: same id, QR set, same question (name in any case)."""
     if len(reply) < qend or reply[:2] != query[:2] or not reply[2] & 0x80:
         return False
-    if reply[4:6] != b"\x00\x01":
-        return False
-    return reply[12:qend].lower() == query[12:qend].lower()
-
-
-class _Receiver(asyncio.DatagramProtocol):
-    """Collects the first matching datagram; mismatches (spoofing attempts) are ignored."""
-
-    def __init__(self, query: bytes, qend: int) -> None:
-        self.query = query
-        self.qend = qend
-        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, _addr: tuple[str | object, ...]) -> None:
-        if not self.reply.done() and matches(data, self.query, self.qend):
-            self.reply.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(exc)
+    if reply[4:6] != b"\x00\x01" or reply[qend - 4 : qend] != query[qend - 4 : qend]:
+        return False  # (the type's bytes are not letters: 65, HTTPS, is no case of 97)
+    return reply[12 : qend - 4].lower() == query[12 : qend - 4].lower()
 
 
 class UpstreamPool:
@@ -184,14 +186,13 @@ class UpstreamPool:
 
     async def _udp(self, upstream: Upstream, query: bytes, qend: int) -> bytes:
         loop = asyncio.get_running_loop()
-        transport, proto = await loop.create_datagram_endpoint(
-            lambda: _Receiver(query, qend), remote_addr=(upstream.host, upstream.port)
-        )
-        try:
-            transport.sendto(query)
-            return await proto.reply
-        finally:
-            transport.close()
+        with socket.socket(upstream.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as sock:
+            sock.connect((upstream.host, upstream.port))  # an IP: no lookup, no wait
+            sock.send(query)
+            while True:  # until a matching reply: others (spoofing attempts) are ignored
+                reply = await loop.sock_recv(sock, 65535)
+                if matches(reply, query, qend):
+                    return reply
 
     async def _tcp(self, upstream: Upstream, query: bytes, qend: int) -> bytes:
         reader, writer = await asyncio.open_connection(upstream.host, upstream.port)

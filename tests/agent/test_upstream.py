@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from agent.upstream import (
     build_query,
     matches,
     parse_addr,
+    parse_upstream,
     system_resolvers,
 )
 
@@ -83,6 +86,78 @@ def test_matches(mutate, ok: bool) -> None:
     """Only a response with our id and question is accepted."""
     query = build_query(0x1234, NAME, QTYPE.A, 1)
     assert matches(mutate(query), query, 12 + len(NAME) + 4) is ok
+
+
+def test_matches_compares_the_type_exactly() -> None:
+    """Only the name is compared in any case: type 65 (HTTPS, byte `A`) is no case of 97."""
+    query = build_query(0x1234, NAME, QTYPE.HTTPS, 1)
+    qend = 12 + len(NAME) + 4
+    reply = bytearray(query)
+    reply[2] |= 0x80
+    assert matches(bytes(reply), query, qend)
+    reply[qend - 3] = 97  # the low byte of QTYPE
+    assert not matches(bytes(reply), query, qend)
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        pytest.param("192.0.2.1", ("192.0.2.1", 53), id="v4"),
+        pytest.param("[2001:db8::1]:5353", ("2001:db8::1", 5353), id="v6"),
+        pytest.param("fe80::1%eth0", ("fe80::1%eth0", 53), id="v6-scoped"),
+    ],
+)
+def test_parse_upstream(text: str, expect: tuple[str, int]) -> None:
+    """Upstreams are IP addresses, with or without a port."""
+    assert parse_upstream(text) == expect
+
+
+@pytest.mark.parametrize("text", ["resolver.example", "localhost:53", "192.0.2.1.5"])
+def test_parse_upstream_rejects_names(text: str) -> None:
+    """A name is refused with the value: the filter cannot look up its own upstream."""
+    with pytest.raises(ValueError, match=re.escape(f"bad upstream {text!r}: expected an IP")):
+        parse_upstream(text)
+
+
+def test_lookups_start_no_thread_pool() -> None:
+    """On uvloop a lookup starts no thread (a datagram endpoint's `remote_addr` would be
+    resolved on libuv's thread pool, one hand-off per query)."""
+    pytest.importorskip("uvloop")
+    script = f"""
+import asyncio, os, socket, sys, uvloop
+sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+from agent.dns_wire import to_wire
+from agent.upstream import UpstreamPool
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    def answer():
+        data, addr = server.recvfrom(512)
+        server.sendto(data[:2] + bytes([data[2] | 0x80]) + data[3:], addr)
+    loop.add_reader(server.fileno(), answer)
+    before = len(os.listdir("/proc/self/task"))
+    pool = UpstreamPool([("127.0.0.1", server.getsockname()[1])], timeout=2.0)
+    for _ in range(3):
+        await pool.resolve(to_wire("example.com"), 1, 1)
+    print(before, len(os.listdir("/proc/self/task")))
+
+uvloop.run(main())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    before, after = out.stdout.split()
+    assert after == before, "a lookup started threads"
+
+
+async def test_a_closed_port_fails_at_once() -> None:
+    """A closed upstream port (ICMP port unreachable) is a refusal, not a wait for the timeout."""
+    pool = UpstreamPool([("127.0.0.1", _dead_port())], timeout=30.0)
+    with pytest.raises(UpstreamError, match="ConnectionRefusedError"):
+        await asyncio.wait_for(pool.resolve(NAME, QTYPE.A, 1), 10.0)
 
 
 class _Fake(asyncio.DatagramProtocol):
