@@ -130,21 +130,21 @@ class DnsCache:
 
     def put(
         self, key: CacheKey, wire: bytes, qend: int, now: float, aliases: tuple[bytes, ...] = ()
-    ) -> bool:
-        """Cache a response with its question ending at `qend`; False when not cacheable."""
-        prepared = self._prepare(wire, qend) if self.max_entries > 0 else None
-        if prepared is None:
-            return False
-        wire, offsets, lifetime = prepared
-        if key not in self._entries and len(self._entries) >= self.max_entries:
-            self._evict(now)
-        self._entries[key] = Entry(wire, offsets, now, now + lifetime, aliases)
-        return True
+    ) -> bytes | None:
+        """Cache a response with its question ending at `qend`.
 
-    def served(self, wire: bytes, qend: int) -> bytes:
-        """A fresh upstream response as clients get it: with the TTLs a cached copy starts at."""
+        Returns it with the TTLs clients get (a fresh answer is clamped like a cached one),
+        or None when it is not cacheable (it goes out as the upstream sent it).
+        """
         prepared = self._prepare(wire, qend)
-        return wire if prepared is None else prepared[0]
+        if prepared is None:
+            return None
+        served, offsets, lifetime = prepared
+        if self.max_entries > 0:
+            if key not in self._entries and len(self._entries) >= self.max_entries:
+                self._evict(now)
+            self._entries[key] = Entry(served, offsets, now, now + lifetime, aliases)
+        return served
 
     def _prepare(self, wire: bytes, qend: int) -> tuple[bytes, list[tuple[int, int]], int] | None:
         """(response with its served TTLs, their offsets, lifetime); None if not cacheable.

@@ -350,9 +350,8 @@ class DnsFilter:
                 q.name, q.qtype, q.qclass, dnssec_ok=q.dnssec_ok
             )
             template, aliases = self.answers.from_upstream(reply, q)
-            template = self.cache.served(template, q.qend)  # the first answer is clamped too
             now = time.time()
-            self.cache.put(key, template, q.qend, now, aliases)
+            template = self.cache.put(key, template, q.qend, now, aliases) or template
             self.recent.record(q.name, template, now)  # queued: never waits
             result = (template, aliases, upstream.label)
             future.set_result(result)

@@ -34,6 +34,7 @@ from agent.config import BlockMode, DnsSection
 MAX_NAME = 255
 MAX_LABEL = 63
 HEADER = 12
+T_CNAME = 5
 T_SOA = 6
 SOA_MIN_RDATA = 22  # two root names and five 32-bit fields, the last of them MINIMUM
 T_OPT = 41
@@ -343,6 +344,74 @@ def skip_name(data: bytes, off: int) -> int:
     return -1
 
 
+def expand_name(data: bytes, off: int) -> bytes | None:
+    """The lower-cased wire name at `off`, compression pointers followed; None if invalid.
+
+    A pointer must point before itself (RFC 1035 4.1.4: a prior occurrence), so every
+    name ends.
+    """
+    out = bytearray()
+    while off < len(data):
+        n = data[off]
+        if n & 0xC0 == 0xC0:
+            if off + 1 >= len(data):
+                return None
+            target = (n & 0x3F) << 8 | data[off + 1]
+            if target >= off:
+                return None
+            off = target
+            continue
+        if n > MAX_LABEL:
+            return None
+        out += data[off : off + n + 1]
+        if len(out) > MAX_NAME:
+            return None
+        if n == 0:
+            return bytes(out).translate(_LOWER)
+        off += n + 1
+    return None
+
+
+def rewrite_reply(reply: bytes, q: Question) -> tuple[bytes, tuple[bytes, ...]] | None:
+    """`Answers.from_upstream` read from the wire for the common reply; None: dnslib's turn.
+
+    `reply` matched the query (`upstream.matches`): its question is `q`'s, so the records
+    after it are kept byte for byte and their compression pointers stay valid. The
+    upstream's OPT record, if it ends the message, is replaced by the one the client gets.
+    SVCB/HTTPS answers (ECH to strip) and anything irregular return None.
+    """
+    counts = _HHH.unpack_from(reply, 6)
+    total = sum(counts)
+    off = q.qend
+    aliases: list[bytes] = []
+    cut = len(reply)
+    for i in range(total):
+        start = off
+        off = skip_name(reply, off)
+        if off < 0 or off + 10 > len(reply):
+            return None
+        rtype = int.from_bytes(reply[off : off + 2])
+        end = off + 10 + int.from_bytes(reply[off + 8 : off + 10])
+        if end > len(reply) or rtype in (T_SVCB, T_HTTPS):
+            return None
+        if rtype == T_CNAME and i < counts[0]:
+            target = expand_name(reply, off + 10)
+            if target is None:
+                return None
+            aliases.append(target)
+        elif rtype == T_OPT:
+            if i != total - 1 or i < counts[0] + counts[1]:
+                return None  # an OPT record that is not the last additional one
+            cut = start
+        off = end
+    if off != len(reply):
+        return None
+    extra = counts[2] - (cut < len(reply)) + (q.edns is not None)
+    head = _HHHH.pack(0x8180 | (reply[3] & 0x0F), 1, counts[0], counts[1]) + extra.to_bytes(2)
+    body = q.name + reply[q.qend - 4 : cut] + _opt_for(q)
+    return b"\x00\x00" + head + body, tuple(aliases)
+
+
 def set_ttls(data: bytes, offsets: list[tuple[int, int]], elapsed: int) -> bytes:
     """`data` with every listed TTL lowered by `elapsed` seconds (not below 0)."""
     buf = bytearray(data)
@@ -456,19 +525,11 @@ class Answers:
         return make_reply(q, 0, answers, [] if answers else [soa])
 
     def from_upstream(self, reply: bytes, q: Question) -> tuple[bytes, tuple[bytes, ...]]:
-        """(template, CNAME targets) from an upstream reply: ECH stripped; ValueError if bad."""
-        try:
-            rec = DNSRecord.parse(reply)
-        except DNSError as e:
-            raise ValueError(f"unparsable upstream reply: {e}") from e
-        for rr in rec.rr:
-            if rr.rtype in (T_SVCB, T_HTTPS):
-                buf = DNSBuffer()
-                rr.rdata.pack(buf)
-                rr.rdata = RD(strip_ech(bytes(buf.data)))
-        aliases = tuple(label_wire(rr.rdata.label) for rr in rec.rr if rr.rtype == QTYPE.CNAME)
-        extra = [rr for rr in rec.ar if rr.rtype != T_OPT]
-        return make_reply(q, rec.header.rcode, rec.rr, rec.auth, extra), aliases
+        """(template, CNAME targets) from an upstream reply: ECH stripped; ValueError if bad.
+
+        Read from the wire when it can be (`rewrite_reply`), else rebuilt with dnslib.
+        """
+        return rewrite_reply(reply, q) or rebuild_reply(reply, q)
 
     def normalise(self, data: bytes) -> tuple[bytes | None, Question | None]:
         """An unusual packet via dnslib: (clean query, question) or (error reply or None, None)."""
@@ -493,3 +554,19 @@ class Answers:
             clean += opt_record(max(opt[0].rclass, 512), dnssec_ok=bool(opt[0].ttl & 0x8000))
         q = parse_query(clean)
         return (clean, q) if q is not None else (error_reply(data, RCODE_FORMERR), None)
+
+
+def rebuild_reply(reply: bytes, q: Question) -> tuple[bytes, tuple[bytes, ...]]:
+    """`Answers.from_upstream` with dnslib: any reply it can parse; ValueError if it cannot."""
+    try:
+        rec = DNSRecord.parse(reply)
+    except DNSError as e:
+        raise ValueError(f"unparsable upstream reply: {e}") from e
+    for rr in rec.rr:
+        if rr.rtype in (T_SVCB, T_HTTPS):
+            buf = DNSBuffer()
+            rr.rdata.pack(buf)
+            rr.rdata = RD(strip_ech(bytes(buf.data)))
+    aliases = tuple(label_wire(rr.rdata.label) for rr in rec.rr if rr.rtype == QTYPE.CNAME)
+    extra = [rr for rr in rec.ar if rr.rtype != T_OPT]
+    return make_reply(q, rec.header.rcode, rec.rr, rec.auth, extra), aliases

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
-from dnslib import EDNS0, QTYPE, DNSRecord
+from dnslib import EDNS0, QTYPE, RR, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -339,3 +340,124 @@ def test_normalise_keeps_the_do_bit() -> None:
     _, q = dns_wire.Answers(DnsSection()).normalise(bytes(rec.pack()))
     assert q is not None
     assert q.dnssec_ok
+
+
+# --- upstream replies: rewritten on the wire, or rebuilt with dnslib ---------------------
+
+
+def upstream_reply(
+    name: str, qtype: str, zone: list[str], *, rcode: int = 0, auth: int = 0, opt: bool = True
+) -> bytes:
+    """A reply to `name`/`qtype`; the last `auth` zone lines go to the authority section."""
+    rec = DNSRecord.question(name, qtype).reply()
+    rec.header.rcode = rcode
+    rrs = [rr for line in zone for rr in RR.fromZone(line)]
+    rec.add_answer(*rrs[: len(rrs) - auth])
+    rec.add_auth(*rrs[len(rrs) - auth :])
+    if opt:
+        rec.add_ar(EDNS0(udp_len=1232))
+    return bytes(rec.pack())
+
+
+SOA_LINE = "example.com. 300 IN SOA ns.example.com. h.example.com. 1 2 3 4 60"
+REPLIES = [
+    pytest.param("a.example.com", "A", ["a.example.com. 300 IN A 192.0.2.1"], {}, id="a"),
+    pytest.param(
+        "www.example.com",
+        "A",
+        [
+            "www.example.com. 60 IN CNAME edge.CDN.example.net.",
+            "edge.cdn.example.net. 30 IN CNAME e1.cdn.example.net.",
+            "e1.cdn.example.net. 20 IN A 192.0.2.9",
+        ],
+        {},
+        id="cname-chain",
+    ),
+    pytest.param("nx.example.com", "A", [SOA_LINE], {"rcode": 3, "auth": 1}, id="nxdomain"),
+    pytest.param("a.example.com", "AAAA", [SOA_LINE], {"auth": 1}, id="nodata"),
+    pytest.param(
+        "example.com",
+        "MX",
+        ["example.com. 300 IN MX 10 mx1.example.com.", "example.com. 300 IN MX 20 mx2.example."],
+        {"opt": False},
+        id="mx-no-opt",
+    ),
+    pytest.param("example.com", "TXT", ['example.com. 300 IN TXT "v=spf1 -all"'], {}, id="txt"),
+]
+
+
+@pytest.mark.parametrize(("name", "qtype", "zone", "kw"), REPLIES)
+@pytest.mark.parametrize(
+    ("edns", "do"), [(False, False), (True, False), (True, True)], ids=["plain", "edns", "do"]
+)
+def test_rewrite_reply_is_what_dnslib_rebuilds(
+    name: str, qtype: str, zone: list[str], kw: dict[str, Any], *, edns: bool, do: bool
+) -> None:
+    """The wire rewrite gives the same answer and CNAME targets as the dnslib rebuild."""
+    q = dns_wire.parse_query(query(name.upper(), qtype, edns=edns, do=do))
+    assert q is not None
+    reply = upstream_reply(name, qtype, zone, **kw)
+    fast = dns_wire.rewrite_reply(reply, q)
+    assert fast is not None
+    slow = dns_wire.rebuild_reply(reply, q)
+    assert str(DNSRecord.parse(fast[0])) == str(DNSRecord.parse(slow[0]))
+    assert fast[1] == slow[1]
+    assert fast[0][12 : q.qend] == q.name + fast[0][q.qend - 4 : q.qend]  # our lower-case question
+
+
+def _set_opt_first(reply: bytes) -> bytes:
+    rec = DNSRecord.parse(reply)
+    rec.ar = [*rec.ar, *RR.fromZone("ns.example.com. 60 IN A 192.0.2.2")]  # after the OPT
+    return bytes(rec.pack())
+
+
+A_REPLY = upstream_reply("a.example.com", "A", ["a.example.com. 300 IN A 192.0.2.1"])
+
+
+@pytest.mark.parametrize(
+    ("qtype", "reply"),
+    [
+        pytest.param(
+            "HTTPS",
+            upstream_reply("a.example.com", "HTTPS", ["a.example.com. 60 IN HTTPS 1 . alpn=h2"]),
+            id="https-ech-to-strip",
+        ),
+        pytest.param("A", _set_opt_first(upstream_reply("a.example.com", "A", [])), id="opt-first"),
+        pytest.param("A", A_REPLY + b"\0", id="trailing-byte"),
+        pytest.param("A", A_REPLY[:-12], id="truncated-record"),
+    ],
+)
+def test_rewrite_reply_leaves_the_unusual_to_dnslib(qtype: str, reply: bytes) -> None:
+    """SVCB/HTTPS, an OPT record that is not last and malformed replies are not rewritten."""
+    q = dns_wire.parse_query(query("a.example.com", qtype))
+    assert q is not None
+    assert dns_wire.rewrite_reply(reply, q) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "off", "expect"),
+    [
+        pytest.param(b"\x01A\x02Bc\x00", 0, b"\x01a\x02bc\x00", id="plain-lowered"),
+        pytest.param(b"\x01a\x00\x01b\xc0\x00", 3, b"\x01b\x01a\x00", id="pointer-back"),
+        pytest.param(b"\xc0\x02\x01a\x00", 0, None, id="pointer-forward"),
+        pytest.param(b"\x01a\xc0\x00", 2, None, id="pointer-to-itself"),
+        pytest.param(b"\x01a", 0, None, id="unterminated"),
+        pytest.param(b"\x40" + b"a" * 64 + b"\x00", 0, None, id="label-over-63"),
+    ],
+)
+def test_expand_name(data: bytes, off: int, expect: bytes | None) -> None:
+    """Names are expanded through backward pointers only, so every expansion ends."""
+    assert dns_wire.expand_name(data, off) == expect
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_rewrite_reply_never_raises(tail: bytes) -> None:
+    """Random counts and records after a matching question: rewritten or left, never a crash."""
+    asked = query("a.example.com")
+    q = dns_wire.parse_query(asked)
+    assert q is not None
+    reply = b"\0\0\x81\x80\0\x01" + tail[:6].ljust(6, b"\0") + asked[12 : q.qend] + tail[6:]
+    out = dns_wire.rewrite_reply(reply, q)
+    if out is not None:
+        assert out[0][12 : q.qend] == asked[12 : q.qend]
