@@ -4,9 +4,11 @@
 
 Loopback only. Each server is pinned to core 0 (`taskset -c 0`), dnsperf to core 1. Per list
 set (the UT1 lists from ../shared/blocklists/ut1, and 1,000,000 synthetic domains, fixed
-seed) and per server: start time (spawn -> first answer), a warm-up run that fills every
-cache (a local upstream answers everything with TTL 300), a max-qps run, a run at a fixed
-5,000 qps for p50/p99 (from dnsperf -v), RSS and CPU per query. The servers take turns for
+seed) and per server: start time (spawn -> first answer), a cold run of names asked once each
+(every one a cache miss that goes to the upstream), a warm-up run that fills every cache (a
+local upstream answers everything with TTL 300), a max-qps run, a run at a fixed 5,000 qps
+for p50/p99 (from dnsperf -v), RSS and CPU per query. The cold run's qps is bounded by the
+upstream (a Python process sharing dnsperf's core): compare its CPU per query. The servers take turns for
 `--rounds` rounds, so that the VM's slow spells fall on all of them; the ratios (vs unbound)
 are of the medians.
 Bounded: every run is `--seconds` long, every process is stopped.
@@ -123,6 +125,13 @@ def query_file(domains: list[str], folder: Path, n: int = 20_000, seed: int = 7)
     return path
 
 
+def cold_query_file(folder: Path, n: int = 150_000) -> Path:
+    """Names no list holds, asked once each: every query is a cache miss."""
+    path = folder / "cold-queries.txt"
+    path.write_text("".join(f"c{i}.cold-bench.example A\n" for i in range(n)))
+    return path
+
+
 # --- servers --------------------------------------------------------------------------------
 
 
@@ -216,7 +225,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def dnsperf(
-    port: int, queries: Path, seconds: float, qps: int | None = None, verbose: bool = False
+    port: int,
+    queries: Path,
+    seconds: float,
+    qps: int | None = None,
+    *,
+    verbose: bool = False,
+    once: bool = False,
 ) -> tuple[float, list[float]]:
     cmd = [
         "taskset",
@@ -242,6 +257,8 @@ def dnsperf(
         cmd += ["-Q", str(qps)]
     if verbose:
         cmd.append("-v")
+    if once:  # each query once: stop at the end of the file
+        cmd += ["-n", "1"]
     out = subprocess.run(
         cmd, capture_output=True, text=True, timeout=seconds + 30, check=False
     ).stdout
@@ -256,12 +273,17 @@ def dnsperf(
     return rate, lat
 
 
-def measure(name: str, cmd: list[str], port: int, queries: Path, seconds: float) -> dict:
+def measure(
+    name: str, cmd: list[str], port: int, queries: Path, seconds: float, *, cold: Path
+) -> dict:
     proc = subprocess.Popen(
         ["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT
     )
     try:
         ready = wait_ready(proc, port)
+        cpu0 = cpu_seconds(proc.pid)
+        cold_qps, _ = dnsperf(port, cold, min(seconds, 5), once=True)
+        cold_cpu = cpu_seconds(proc.pid) - cpu0
         dnsperf(port, queries, min(seconds, 5))  # warm-up: fills every cache
         cpu0 = cpu_seconds(proc.pid)
         qps, _ = dnsperf(port, queries, seconds)
@@ -291,6 +313,8 @@ def measure(name: str, cmd: list[str], port: int, queries: Path, seconds: float)
         "rss_mib": rss,
         "ready_s": ready,
         "cpu_us_per_q": cpu / max(qps * seconds, 1) * 1e6,
+        "cold_qps": cold_qps,
+        "cold_cpu_us_per_q": cold_cpu / max(cold_qps * min(seconds, 5), 1) * 1e6,
         "median_lat": statistics.median(lat) * 1000 if lat else float("nan"),
     }
 
@@ -310,6 +334,7 @@ def run_set(
     list_file = folder / "list.txt"
     list_file.write_text("\n".join(domains) + "\n")
     queries = query_file(domains, folder)
+    cold = cold_query_file(folder)
     servers: list[tuple[str, list[str], int]] = []
     for records in ("default", "all", "off"):
         port = free_port()
@@ -339,7 +364,7 @@ def run_set(
         if rounds > 1:
             print(f"  -- round {n} of {rounds}", flush=True)
         for name, cmd, port in servers:
-            runs[name].append(measure(name, cmd, port, queries, seconds))
+            runs[name].append(measure(name, cmd, port, queries, seconds, cold=cold))
             if name.startswith("aupguard records="):
                 runs[name][-1]["dropped"] = records_dropped(folder)
             print(f"  {fmt(runs[name][-1])}", flush=True)
@@ -353,6 +378,14 @@ def run_set(
         print(
             "  ratios vs unbound (qps):",
             ", ".join(f"{r['name']} {r['qps'] / base['qps']:.2f}x" for r in results),
+        )
+        print(
+            "  cold ratios vs unbound (qps; CPU per query):",
+            ", ".join(
+                f"{r['name']} {r['cold_qps'] / max(base['cold_qps'], 1):.2f}x;"
+                f" {r['cold_cpu_us_per_q'] / max(base['cold_cpu_us_per_q'], 1e-9):.1f}x"
+                for r in results
+            ),
         )
 
 
@@ -387,6 +420,7 @@ def fmt(r: dict) -> str:
     return (
         f"{r['name']:<26} {r['qps']:>9,.0f} qps  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
         f" @5k qps  RSS {r['rss_mib']:.0f} MiB  ready {r['ready_s']:.2f} s  CPU {r['cpu_us_per_q']:.1f} us/q"
+        f"  cold {r['cold_qps']:,.0f} qps {r['cold_cpu_us_per_q']:.0f} us/q"
         + (f"  records dropped {r['dropped']:,.0f}" if "dropped" in r else "")
     )
 
