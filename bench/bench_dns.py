@@ -4,11 +4,11 @@
 
 Loopback only. Each server is pinned to core 0 (`taskset -c 0`), dnsperf to core 1. Per list
 set (the UT1 lists from ../shared/blocklists/ut1, and 1,000,000 synthetic domains, fixed
-seed) and per server: start time (spawn -> first answer), a cold run of names asked once each
-(every one a cache miss that goes to the upstream), a warm-up run that fills every cache (a
-local upstream answers everything with TTL 300), a max-qps run, a run at a fixed 5,000 qps
-for p50/p99 (from dnsperf -v), RSS and CPU per query. The cold run's qps is bounded by the
-upstream (a Python process sharing dnsperf's core): compare its CPU per query. The servers take turns for
+seed) and per server: start time (spawn -> first answer), a warm-up run that fills every
+cache (a local upstream answers everything with TTL 300), a max-qps run, a run at a fixed
+5,000 qps for p50/p99 (from dnsperf -v), RSS and CPU per query, and last a cold run of names
+asked once each (every one a cache miss that goes to the upstream). The cold run's qps is
+bounded by the upstream (a Python process sharing dnsperf's core): compare its CPU per query. The servers take turns for
 `--rounds` rounds, so that the VM's slow spells fall on all of them; the ratios (vs unbound)
 are of the medians.
 Bounded: every run is `--seconds` long, every process is stopped.
@@ -281,15 +281,15 @@ def measure(
     )
     try:
         ready = wait_ready(proc, port)
-        cpu0 = cpu_seconds(proc.pid)
-        cold_qps, _ = dnsperf(port, cold, min(seconds, 5), once=True)
-        cold_cpu = cpu_seconds(proc.pid) - cpu0
         dnsperf(port, queries, min(seconds, 5))  # warm-up: fills every cache
         cpu0 = cpu_seconds(proc.pid)
         qps, _ = dnsperf(port, queries, seconds)
         cpu = cpu_seconds(proc.pid) - cpu0
         _, lat = dnsperf(port, queries, min(seconds, 5), qps=5000, verbose=True)
-        rss = rss_mib(proc.pid)
+        rss = rss_mib(proc.pid)  # before the cold run adds its names to every cache
+        cpu0 = cpu_seconds(proc.pid)
+        cold_qps, _ = dnsperf(port, cold, min(seconds, 5), once=True)
+        cold_cpu = cpu_seconds(proc.pid) - cpu0
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
