@@ -38,6 +38,57 @@ def parse_network(text: str) -> IPNetwork:
         raise ValueError("expected an address or CIDR network such as 10.0.0.0/8") from None
 
 
+def parse_addr(text: str, default_port: int = 53) -> tuple[str, int]:
+    """`1.2.3.4`, `1.2.3.4:53`, `[::1]:5353` or `::1` -> (host, port); ValueError if bad.
+
+    Port 0 (listen on any free port) is accepted; the ready line says which one.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad address {text!r}: expected [IPv6]:PORT")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if port and not port.isdigit():
+        raise ValueError(f"bad address {text!r}: the port {port!r} is not a number")
+    number = int(port) if port else default_port
+    if not host or not 0 <= number < 65536:
+        raise ValueError(f"bad address {text!r}: expected ADDR:PORT")
+    return host, number
+
+
+def parse_upstream(text: str) -> tuple[str, int]:
+    """`parse_addr` for an upstream, which must be an IP address: the filter cannot look it up."""
+    host, port = parse_addr(text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad upstream {text!r}: expected an IP address, not a name") from None
+    return host, port
+
+
+def dns_address(text: str) -> str:
+    """An address with an optional port, such as 127.0.0.1:5353 or [::1]:5353."""
+    try:
+        parse_addr(text)
+    except ValueError:
+        raise ValueError("expected ADDR:PORT, IPv6 as [ADDR]:PORT") from None
+    return text.strip()
+
+
+def resolver_address(text: str) -> str:
+    """A resolver's IP address with an optional port, such as 192.0.2.53 or [2001:db8::53]:53."""
+    try:
+        parse_upstream(text)
+    except ValueError:
+        raise ValueError("expected an IP address (not a name) with an optional :PORT") from None
+    return text.strip()
+
+
 def parse_seconds(text: str) -> int:
     """A whole number of seconds, 0 or more."""
     try:
@@ -209,8 +260,8 @@ class DnsSection:
     """The DNS filter."""
 
     enabled: bool = True
-    listen: tuple[str, ...] = ("127.0.0.1:5353",)
-    upstreams: tuple[str, ...] = ()
+    listen: tuple[str, ...] = field(default=("127.0.0.1:5353",), metadata={"parse": dns_address})
+    upstreams: tuple[str, ...] = field(default=(), metadata={"parse": resolver_address})
     allow_clients: tuple[IPNetwork, ...] = field(
         default=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
         metadata={"parse": parse_network},

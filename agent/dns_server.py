@@ -31,7 +31,14 @@ from dnslib import QTYPE, RCODE
 
 from agent import dns_wire
 from agent.cli import command
-from agent.config import DnsRecords, DnsSection, IPNetwork, parse_network
+from agent.config import (
+    DnsRecords,
+    DnsSection,
+    IPNetwork,
+    parse_addr,
+    parse_network,
+    parse_upstream,
+)
 from agent.dns_cache import CacheKey, DnsCache, Entry, Replay, Verdicts
 from agent.dns_records import Recorder
 from agent.dns_wire import Answers, Question
@@ -49,13 +56,7 @@ from agent.recent_answers import AnswerRecorder
 from agent.runtime import Runtime, settle_gc
 from agent.shipping import open_writer
 from agent.throttle import ClientRateLimiter
-from agent.upstream import (
-    UpstreamError,
-    UpstreamPool,
-    parse_addr,
-    parse_upstream,
-    system_resolvers,
-)
+from agent.upstream import UpstreamError, UpstreamPool, system_resolvers
 from agent.writer import RecordWriter
 
 GC_YOUNG = 50_000  # young-generation threshold: records are short-lived (runtime.settle_gc)

@@ -12,7 +12,6 @@ caller answers SERVFAIL.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import secrets
 import socket
 import struct
@@ -49,39 +48,6 @@ def system_resolvers(
             if addr not in skip and addr not in found:
                 found.append(addr)
     return tuple(found)
-
-
-def parse_addr(text: str, default_port: int = 53) -> tuple[str, int]:
-    """`1.2.3.4`, `1.2.3.4:53`, `[::1]:5353` or `::1` -> (host, port); ValueError if bad.
-
-    Port 0 (listen on any free port) is accepted; the ready line says which one.
-    """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad address {text!r}: expected [IPv6]:PORT")
-        port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, ""
-    if port and not port.isdigit():
-        raise ValueError(f"bad address {text!r}: the port {port!r} is not a number")
-    number = int(port) if port else default_port
-    if not host or not 0 <= number < 65536:
-        raise ValueError(f"bad address {text!r}: expected ADDR:PORT")
-    return host, number
-
-
-def parse_upstream(text: str) -> tuple[str, int]:
-    """`parse_addr` for an upstream, which must be an IP address: the filter cannot look it up."""
-    host, port = parse_addr(text)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"bad upstream {text!r}: expected an IP address, not a name") from None
-    return host, port
 
 
 @dataclass(slots=True)

@@ -141,6 +141,16 @@ def test_minimal_config_loads(tmp_path: Path) -> None:
             "policy.yaml:2: dns.recent_answers_min_ttl: '-5': expected a whole number of seconds, 0 or more",
             id="negative-seconds",
         ),
+        pytest.param(
+            ("layer: statewide\n", "layer: statewide\ndns: {upstreams: [resolver.example]}\n"),
+            "policy.yaml:2: dns.upstreams[0]: 'resolver.example': expected an IP address (not a name)",
+            id="upstream-name",
+        ),
+        pytest.param(
+            ("layer: statewide\n", "layer: statewide\ndns: {listen: ['127.0.0.1:53x']}\n"),
+            "policy.yaml:2: dns.listen[0]: '127.0.0.1:53x': expected ADDR:PORT",
+            id="listen-port",
+        ),
     ],
 )
 def test_config_errors_name_file_line_key_and_expectation(

@@ -14,14 +14,13 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
 from agent import dns_wire
+from agent.config import parse_addr, parse_upstream
 from agent.upstream import (
     Upstream,
     UpstreamError,
     UpstreamPool,
     build_query,
     matches,
-    parse_addr,
-    parse_upstream,
     system_resolvers,
 )
 
