@@ -502,8 +502,9 @@ class Answers:
         return wire
 
     def servfail(self, q: Question) -> bytes:
-        """SERVFAIL for `q` (not cached)."""
-        return make_reply(q, RCODE_SERVFAIL)
+        """SERVFAIL for `q`, built on the wire: an upstream outage makes every query one."""
+        head = _HHHH.pack(0, 0x8180 | RCODE_SERVFAIL, 1, 0) + b"\x00\x00\x00" + _arcount(q)
+        return head + q.name + _HH.pack(q.qtype, q.qclass) + _opt_for(q)
 
     def _build(self, q: Question, kind: str) -> bytes:
         label = _label(q.name)

@@ -461,3 +461,14 @@ def test_fuzz_rewrite_reply_never_raises(tail: bytes) -> None:
     out = dns_wire.rewrite_reply(reply, q)
     if out is not None:
         assert out[0][12 : q.qend] == asked[12 : q.qend]
+
+
+@pytest.mark.parametrize(
+    ("edns", "do"), [(False, False), (True, False), (True, True)], ids=["plain", "edns", "do"]
+)
+def test_servfail_on_the_wire_is_what_dnslib_builds(*, edns: bool, do: bool) -> None:
+    """The SERVFAIL template equals dnslib's: flags, question and the OPT record with DO."""
+    q = dns_wire.parse_query(query("A.example.com", "AAAA", edns=edns, do=do))
+    assert q is not None
+    built = dns_wire.Answers(DnsSection()).servfail(q)
+    assert built == dns_wire.make_reply(q, dns_wire.RCODE_SERVFAIL)
