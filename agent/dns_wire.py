@@ -558,16 +558,26 @@ class Answers:
 
 
 def rebuild_reply(reply: bytes, q: Question) -> tuple[bytes, tuple[bytes, ...]]:
-    """`Answers.from_upstream` with dnslib: any reply it can parse; ValueError if it cannot."""
+    """`Answers.from_upstream` with dnslib: any reply it can parse; ValueError if it cannot.
+
+    The aliases are the CNAME targets and the HTTPS/SVCB TargetNames other than "." (the
+    owner itself): a client may connect to a target's address hints without asking for it.
+    """
     try:
         rec = DNSRecord.parse(reply)
     except DNSError as e:
         raise ValueError(f"unparsable upstream reply: {e}") from e
+    aliases = []
     for rr in rec.rr:
-        if rr.rtype in (T_SVCB, T_HTTPS):
+        if rr.rtype == QTYPE.CNAME:
+            aliases.append(label_wire(rr.rdata.label))
+        elif rr.rtype in (T_SVCB, T_HTTPS):
             buf = DNSBuffer()
             rr.rdata.pack(buf)
-            rr.rdata = RD(strip_ech(bytes(buf.data)))
-    aliases = tuple(label_wire(rr.rdata.label) for rr in rec.rr if rr.rtype == QTYPE.CNAME)
+            rdata = bytes(buf.data)
+            target = read_name(rdata, 2)
+            if target is not None and target[0] != b"\x00":
+                aliases.append(target[0].translate(_LOWER))
+            rr.rdata = RD(strip_ech(rdata))
     extra = [rr for rr in rec.ar if rr.rtype != T_OPT]
-    return make_reply(q, rec.header.rcode, rec.rr, rec.auth, extra), aliases
+    return make_reply(q, rec.header.rcode, rec.rr, rec.auth, extra), tuple(aliases)

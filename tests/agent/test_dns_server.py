@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSRecord
 
 from agent import dns_server
 from agent.config import DnsRecords, DnsSection
@@ -472,28 +472,38 @@ def test_upstream_answer_lands_in_recent_answers(tmp_path: Path, proxy: str, sto
     assert reader.answered("bank.test", "192.0.2.10", time.time()) is stored
 
 
+CLOAKS = {
+    "cname": ["alias.example. 60 IN CNAME x.blocked.test.", "x.blocked.test. 60 IN A 192.0.2.66"],
+    "https-alias-mode": ["alias.example. 60 IN HTTPS 0 x.blocked.test."],
+    "https-service-mode": ["alias.example. 60 IN HTTPS 1 x.blocked.test. ipv4hint=192.0.2.66"],
+}
+
+
 @pytest.mark.parametrize("cached", [False, True], ids=["fresh-lookup", "cached-answer"])
+@pytest.mark.parametrize("cloak", CLOAKS)
 def test_a_cloaked_block_is_recorded_and_counted_as_the_targets_block(
-    runtime: Runtime, *, cached: bool
+    runtime: Runtime, cloak: str, *, cached: bool
 ) -> None:
-    """A name CNAMEing into a blocked domain: its record and metrics name the block that
-    decided it (category, rule, target), not the asked name's own allow."""
+    """A name CNAMEing (or HTTPS-targeting) into a blocked domain: its record and metrics
+    name the block that decided it (category, rule, target), not the asked name's allow."""
     dns, writer = core(runtime)
-    upstream = DNSRecord.question("alias.example").reply()
-    upstream.add_answer(RR("alias.example", QTYPE.CNAME, rdata=CNAME("x.blocked.test"), ttl=60))
-    upstream.add_answer(RR("x.blocked.test", rdata=A("192.0.2.66"), ttl=60))
+    qtype = "HTTPS" if cloak.startswith("https") else "A"
+    upstream = DNSRecord.question("alias.example", qtype).reply()
+    for line in CLOAKS[cloak]:
+        upstream.add_answer(*RR.fromZone(line))
 
     async def resolve(*_: Any, **__: Any) -> tuple[bytes, FakeUpstream]:
         return bytes(upstream.pack()), FakeUpstream()
 
     dns.pool.resolve = resolve  # type: ignore[method-assign]
-    job = dns.answer(query("alias.example"), "127.0.0.1", time.time(), udp=True)
+    asked = bytes(DNSRecord.question("alias.example", qtype).pack())
+    job = dns.answer(asked, "127.0.0.1", time.time(), udp=True)
     assert isinstance(job, Lookup)
     reply = asyncio.run(dns.lookup(job))
     if cached:
         dns.tally.cells.clear()
         writer.records.clear()
-        reply = dns.answer(query("alias.example"), "127.0.0.1", time.time(), udp=False)
+        reply = dns.answer(asked, "127.0.0.1", time.time(), udp=False)
         assert isinstance(reply, bytes)
     assert DNSRecord.parse(reply).header.rcode == RCODE.NXDOMAIN
     (record,) = writer.records
