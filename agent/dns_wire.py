@@ -34,8 +34,8 @@ from agent.config import BlockMode, DnsSection
 MAX_NAME = 255
 MAX_LABEL = 63
 HEADER = 12
-T_CNAME = 5
-T_SOA = 6
+T_A, T_NS, T_CNAME, T_SOA, T_PTR, T_MX, T_TXT = 1, 2, 5, 6, 12, 15, 16
+T_AAAA, T_SRV, T_DNAME = 28, 33, 39
 SOA_MIN_RDATA = 22  # two root names and five 32-bit fields, the last of them MINIMUM
 T_OPT = 41
 T_SVCB = 64
@@ -347,8 +347,8 @@ def skip_name(data: bytes, off: int) -> int:
 def expand_name(data: bytes, off: int) -> bytes | None:
     """The lower-cased wire name at `off`, compression pointers followed; None if invalid.
 
-    A pointer must point before itself (RFC 1035 4.1.4: a prior occurrence), so every
-    name ends.
+    A pointer must point before itself (RFC 1035 4.1.4: a prior occurrence) and past the
+    header, so every name ends.
     """
     out = bytearray()
     while off < len(data):
@@ -357,7 +357,7 @@ def expand_name(data: bytes, off: int) -> bytes | None:
             if off + 1 >= len(data):
                 return None
             target = (n & 0x3F) << 8 | data[off + 1]
-            if target >= off:
+            if not HEADER <= target < off:
                 return None
             off = target
             continue
@@ -372,13 +372,45 @@ def expand_name(data: bytes, off: int) -> bytes | None:
     return None
 
 
+def name_end(data: bytes, off: int) -> int:
+    """The offset after the name at `off`, whose pointers must lead to a valid name; else -1."""
+    end = skip_name(data, off)
+    return end if end > 0 and expand_name(data, off) is not None else -1
+
+
+_FIXED_RDATA = {T_A: 4, T_AAAA: 16}
+_NAME_RDATA = {T_CNAME: 0, T_NS: 0, T_PTR: 0, T_DNAME: 0, T_MX: 2, T_SRV: 6}  # bytes before it
+
+
+def rdata_valid(data: bytes, rtype: int, start: int, end: int) -> bool:
+    """Whether `data[start:end]` is well-formed RDATA of a type read here; False for others."""
+    size = _FIXED_RDATA.get(rtype)
+    if size is not None:
+        return end - start == size
+    skip = _NAME_RDATA.get(rtype)
+    if skip is not None:
+        return start + skip < end and name_end(data, start + skip) == end
+    if rtype == T_SOA:
+        off = name_end(data, start)
+        off = name_end(data, off) if 0 < off < end else -1
+        return off > 0 and off + 20 == end
+    if rtype == T_TXT:
+        off = start
+        while off < end:
+            off += data[off] + 1
+        return off == end > start
+    return False
+
+
 def rewrite_reply(reply: bytes, q: Question) -> tuple[bytes, tuple[bytes, ...]] | None:
     """`Answers.from_upstream` read from the wire for the common reply; None: dnslib's turn.
 
     `reply` matched the query (`upstream.matches`): its question is `q`'s, so the records
     after it are kept byte for byte and their compression pointers stay valid. The
     upstream's OPT record, if it ends the message, is replaced by the one the client gets.
-    SVCB/HTTPS answers (ECH to strip) and anything irregular return None.
+    Every name and RDATA is checked first (`rdata_valid`): a client must never get, nor the
+    cache keep, a reply it cannot read. Other types (SVCB/HTTPS with ECH to strip, DNSSEC
+    records...) and anything irregular return None.
     """
     counts = _HHH.unpack_from(reply, 6)
     total = sum(counts)
@@ -387,12 +419,12 @@ def rewrite_reply(reply: bytes, q: Question) -> tuple[bytes, tuple[bytes, ...]] 
     cut = len(reply)
     for i in range(total):
         start = off
-        off = skip_name(reply, off)
+        off = name_end(reply, off)
         if off < 0 or off + 10 > len(reply):
             return None
         rtype = int.from_bytes(reply[off : off + 2])
         end = off + 10 + int.from_bytes(reply[off + 8 : off + 10])
-        if end > len(reply) or rtype in (T_SVCB, T_HTTPS):
+        if end > len(reply) or (rtype != T_OPT and not rdata_valid(reply, rtype, off + 10, end)):
             return None
         if rtype == T_CNAME and i < counts[0]:
             target = expand_name(reply, off + 10)

@@ -435,19 +435,20 @@ def test_rewrite_reply_leaves_the_unusual_to_dnslib(qtype: str, reply: bytes) ->
 
 
 @pytest.mark.parametrize(
-    ("data", "off", "expect"),
+    ("body", "off", "expect"),
     [
         pytest.param(b"\x01A\x02Bc\x00", 0, b"\x01a\x02bc\x00", id="plain-lowered"),
-        pytest.param(b"\x01a\x00\x01b\xc0\x00", 3, b"\x01b\x01a\x00", id="pointer-back"),
-        pytest.param(b"\xc0\x02\x01a\x00", 0, None, id="pointer-forward"),
-        pytest.param(b"\x01a\xc0\x00", 2, None, id="pointer-to-itself"),
+        pytest.param(b"\x01a\x00\x01b\xc0\x0c", 3, b"\x01b\x01a\x00", id="pointer-back"),
+        pytest.param(b"\xc0\x0e\x01a\x00", 0, None, id="pointer-forward"),
+        pytest.param(b"\x01a\xc0\x0e", 2, None, id="pointer-to-itself"),
+        pytest.param(b"\x01a\xc0\x02", 2, None, id="pointer-into-the-header"),
         pytest.param(b"\x01a", 0, None, id="unterminated"),
         pytest.param(b"\x40" + b"a" * 64 + b"\x00", 0, None, id="label-over-63"),
     ],
 )
-def test_expand_name(data: bytes, off: int, expect: bytes | None) -> None:
-    """Names are expanded through backward pointers only, so every expansion ends."""
-    assert dns_wire.expand_name(data, off) == expect
+def test_expand_name(body: bytes, off: int, expect: bytes | None) -> None:
+    """Names are expanded through backward pointers past the header only, so every one ends."""
+    assert dns_wire.expand_name(bytes(12) + body, 12 + off) == expect
 
 
 @settings(max_examples=300, deadline=None)
@@ -472,3 +473,70 @@ def test_servfail_on_the_wire_is_what_dnslib_builds(*, edns: bool, do: bool) -> 
     assert q is not None
     built = dns_wire.Answers(DnsSection()).servfail(q)
     assert built == dns_wire.make_reply(q, dns_wire.RCODE_SERVFAIL)
+
+
+ASKED = query("a.example.com")
+QEND = len(ASKED)  # no OPT: the question ends the query
+_ANSWER_A = struct.pack("!HHIH", 1, 1, 300, 4) + bytes([192, 0, 2, 1])
+
+
+def raw_reply(answers: list[bytes], additional: list[bytes] = ()) -> bytes:  # type: ignore[assignment]
+    """A reply to ASKED with hand-made records (each: owner name + fixed part + RDATA)."""
+    counts = struct.pack("!HHHH", 1, len(answers), 0, len(additional))
+    return ASKED[:2] + b"\x81\x80" + counts + ASKED[12:QEND] + b"".join([*answers, *additional])
+
+
+def _rr(owner: bytes, rtype: int, rdata: bytes) -> bytes:
+    return owner + struct.pack("!HHIH", rtype, 1, 300, len(rdata)) + rdata
+
+
+MALFORMED = [
+    pytest.param(
+        raw_reply(
+            [struct.pack("!H", 0xC000 | (QEND + 16)) + _ANSWER_A],
+            [ASKED[12 : QEND - 4] + _ANSWER_A],
+        ),
+        id="owner-points-forward",
+    ),
+    pytest.param(raw_reply([b"\xc0\x02" + _ANSWER_A]), id="owner-points-into-the-header"),
+    pytest.param(raw_reply([b"\xc0\xff" + _ANSWER_A]), id="owner-points-past-the-end"),
+    pytest.param(raw_reply([_rr(b"\xc0\x0c", 1, bytes(5))]), id="a-with-5-bytes"),
+    pytest.param(raw_reply([_rr(b"\xc0\x0c", 28, bytes(4))]), id="aaaa-with-4-bytes"),
+    pytest.param(raw_reply([_rr(b"\xc0\x0c", 15, b"\x00\x0a\xc0\xf0")]), id="mx-points-forward"),
+    pytest.param(raw_reply([_rr(b"\xc0\x0c", 5, b"\x03www")]), id="cname-unterminated"),
+    pytest.param(
+        raw_reply([_rr(b"\xc0\x0c", 6, b"\x45bad\x00\x00" + bytes(20))]), id="soa-label-over-63"
+    ),
+    pytest.param(raw_reply([_rr(b"\xc0\x0c", 16, b"\x05abc")]), id="txt-string-overruns"),
+]
+
+
+@pytest.mark.parametrize("reply", MALFORMED)
+def test_malformed_replies_are_never_passed_on(reply: bytes) -> None:
+    """A reply the wire rewrite cannot vouch for goes to dnslib, which refuses it or rebuilds it
+    into a message that parses: a client never gets, nor the cache keeps, unreadable bytes."""
+    q = dns_wire.parse_query(ASKED)
+    assert q is not None
+    assert dns_wire.rewrite_reply(reply, q) is None
+    try:
+        template, _ = dns_wire.Answers(DnsSection()).from_upstream(reply, q)
+    except ValueError:
+        return
+    DNSRecord.parse(template)
+
+
+@pytest.mark.parametrize(
+    "rdata",
+    [
+        pytest.param((15, b"\x00\x0a\xc0\x0c"), id="mx"),
+        pytest.param((33, b"\x00\x01\x00\x02\x01\xbb\x03srv\xc0\x0c"), id="srv"),
+        pytest.param((16, b"\x03abc\x00\x02de"), id="txt-strings"),
+        pytest.param((6, b"\x02ns\xc0\x0c\x02hm\xc0\x0c" + bytes(20)), id="soa"),
+        pytest.param((12, b"\x03ptr\x00"), id="ptr"),
+    ],
+)
+def test_well_formed_rdata_is_rewritten(rdata: tuple[int, bytes]) -> None:
+    """The types read on the wire pass when well formed (no needless trip through dnslib)."""
+    q = dns_wire.parse_query(ASKED)
+    assert q is not None
+    assert dns_wire.rewrite_reply(raw_reply([_rr(b"\xc0\x0c", *rdata)]), q) is not None
