@@ -330,6 +330,7 @@ class DnsFilter:
         if cloak is not None:  # counted as a block only
             job, counts = self._cloaked(job, cloak)
             return self._settle(job, "block", counts, now=now)
+        self.recent.record(q.name, template, now)  # queued: never waits; only what was given
         self.tally.add(DNS_QUERIES, "forwarded")
         bump(job.counts)
         if job.verdict is not None and self.recorder.wants(job.verdict[1]):
@@ -353,7 +354,6 @@ class DnsFilter:
             template, aliases = self.answers.from_upstream(reply, q)
             now = time.time()
             template = self.cache.put(key, template, q.qend, now, aliases) or template
-            self.recent.record(q.name, template, now)  # queued: never waits
             result = (template, aliases, upstream.label)
             future.set_result(result)
         except (UpstreamError, ValueError) as e:

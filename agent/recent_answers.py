@@ -8,10 +8,12 @@ state directory (`answers` table: name, address, until):
 
 - The DNS query path never waits: `AnswerRecorder.record` puts the upstream reply on a
   bounded queue (full: dropped and counted) and returns; one thread parses the replies
-  (A/AAAA and HTTPS/SVCB address hints of the question name and its CNAME chain) and commits
+  (A/AAAA and HTTPS/SVCB address hints of the question name and its CNAME chain, all stored
+  under the question name: the SNI a client then sends) and commits
   whatever has queued in one transaction, at once (no linger: a client connects a round trip
   after its answer).
-- Only upstream answers (cache fills) are recorded, so a row lives at least as long as the
+- Only upstream answers (cache fills) a client was given are recorded (not one blocked as
+  CNAME cloaking: its addresses were never handed out), so a row lives at least as long as the
   cache may serve its answer: `until = now + clamp(TTL, min_ttl, max(cache_max_ttl, min_ttl))`
   where `min_ttl` is at least `dns.cache_min_ttl` (see `retention`).
 - Expired rows are deleted when writing, at most once a minute, and the soonest-ending

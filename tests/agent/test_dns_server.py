@@ -440,19 +440,32 @@ class FakeUpstream:
     label = "192.0.2.53:53"
 
 
+NO_DECRYPT = "proxy: {no_decrypt_hosts: [bank.test]}\n"
+
+
 @pytest.mark.parametrize(
-    ("proxy", "stored"),
+    ("proxy", "answer", "stored"),
     [
-        pytest.param("proxy: {no_decrypt_hosts: [bank.test]}\n", True, id="recorded"),
-        pytest.param("", False, id="no-no-decrypt-lists-nothing-recorded"),
+        pytest.param(NO_DECRYPT, ["bank.test. 30 IN A 192.0.2.10"], True, id="recorded"),
+        pytest.param("", ["bank.test. 30 IN A 192.0.2.10"], False, id="no-no-decrypt-lists"),
+        pytest.param(
+            NO_DECRYPT,
+            ["bank.test. 30 IN CNAME x.blocked.test.", "x.blocked.test. 30 IN A 192.0.2.10"],
+            False,
+            id="cloaked-not-answered",
+        ),
     ],
 )
-def test_upstream_answer_lands_in_recent_answers(tmp_path: Path, proxy: str, stored: bool) -> None:
-    """An upstream answer (a cache fill) is recorded for the proxy; a cache hit is not."""
+def test_upstream_answer_lands_in_recent_answers(
+    tmp_path: Path, proxy: str, answer: list[str], *, stored: bool
+) -> None:
+    """An upstream answer (a cache fill) the client was given is recorded for the proxy; a
+    cache hit is not, nor the addresses of an answer blocked as cloaking (never given)."""
     runtime = dns_runtime(tmp_path, proxy)
     dns, _ = core(runtime)
     upstream = DNSRecord.question("bank.test").reply()
-    upstream.add_answer(RR("bank.test", rdata=A("192.0.2.10"), ttl=30))
+    for line in answer:
+        upstream.add_answer(*RR.fromZone(line))
 
     async def resolve(*_: Any, **__: Any) -> tuple[bytes, FakeUpstream]:
         return bytes(upstream.pack()), FakeUpstream()
