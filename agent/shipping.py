@@ -366,13 +366,14 @@ class SyslogSink:
                        size=self.spool.size, max_bytes=self.spool.max_bytes)  # fmt: skip
         lost = len(lines) - accepted
         if lost:
+            if self.dropped == self._reported:  # once per episode; the metric counts each
+                _log.error("records.spool_full", spool=str(self.spool.path),
+                           policy=str(self.policy))  # fmt: skip
             self.dropped += lost
             RECORDS_DROPPED.labels("spool").inc(lost)
             if self.policy is SpoolFull.FAIL_CLOSED and not self.fail_closed.is_set():
                 self.fail_closed.set()
                 _log.critical("records.fail_closed", spool=str(self.spool.path))
-            _log.error("records.spool_full", dropped=lost, dropped_total=self.dropped,
-                       policy=str(self.policy))  # fmt: skip
 
     def _drain(self, budget: int) -> bool:
         """Send up to `budget` bytes of the spool; True once it is empty."""
@@ -412,6 +413,19 @@ class SyslogSink:
         if not (self._connect() and self._drain(self._drain_bytes) and self._send(lines)):
             self._to_spool(lines)
         SPOOL_DEPTH.set(self.spool.depth)
+
+    def tick(self) -> bool:
+        """Deliver up to `drain_bytes` of the spool once the collector is back; True if more.
+
+        For the writer's idle times: records trigger delivery too, but a quiet gateway writes
+        none, and one failing closed none at all, so its spool would never drain and
+        enforcement never resume.
+        """
+        if not self.spool.pending and self.dropped == self._reported:
+            return False
+        drained = self._connect() and self._drain(self._drain_bytes)
+        SPOOL_DEPTH.set(self.spool.depth)
+        return not drained and self._sock is not None
 
     def flush(self) -> None:
         """Deliver the whole spool if the collector is reachable; make the spool durable."""
@@ -468,7 +482,8 @@ def open_writer(
     if not sinks:
         return None
     halt = syslog.fail_closed if syslog is not None else None  # set only under fail_closed
-    return RecordWriter(sinks, queue_size=section.queue_size, halt=halt)
+    tick = syslog.tick if syslog is not None else None  # delivers the spool in quiet times
+    return RecordWriter(sinks, queue_size=section.queue_size, halt=halt, tick=tick)
 
 
 def _syslog_sink(section: RecordsSection) -> SyslogSink | None:

@@ -154,6 +154,40 @@ def test_writer_survives_bad_records_and_sinks() -> None:
     assert {"records.unserialisable", "records.sink_failed", "records.dropped"} <= events
 
 
+def test_an_idle_writer_ticks_again_at_once_while_there_is_more_and_survives_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`tick` runs while nothing is queued, at once again while it says there is more; one
+    that raises is counted and logged, and the writer goes on."""
+    monkeypatch.setattr("agent.writer.IDLE_TICK", 0.5)
+    calls: list[float] = []
+    fail = threading.Event()
+
+    def tick() -> bool:
+        calls.append(time.monotonic())
+        if fail.is_set():
+            raise OSError("collector gone")
+        return len(calls) <= 5
+
+    sink = MemorySink()
+    with capture_logs() as logs, RecordWriter([sink], tick=tick) as writer:
+        deadline = time.monotonic() + 5
+        while len(calls) < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) >= 7
+        assert calls[5] - calls[0] < 0.25  # the first six back to back, not a tick apart
+        assert calls[6] - calls[5] >= 0.45  # then the idle period again
+        fail.set()
+        deadline = time.monotonic() + 5
+        while not writer.sink_errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+        writer.write({"n": 1})
+        assert writer.flush(5)
+    assert writer.sink_errors >= 1
+    assert [r["n"] for r in sink.records()] == [1]
+    assert any(e["event"] == "records.sink_failed" and e["call"] == "tick" for e in logs)
+
+
 def test_file_sink_mode_and_round_trip(tmp_path: Any) -> None:
     """The records file is created 0640 whatever the umask, appended to, and its lines parse back to the records."""
     path = tmp_path / "records.jsonl"

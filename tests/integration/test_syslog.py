@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from agent.chain import generate_key, load_key, read_head, verify
 from agent.config import RecordsSection
@@ -173,15 +174,18 @@ def test_collector_outage_loses_nothing(rsyslog: Rsyslog, tmp_path: Path) -> Non
 
 
 def test_spool_full_drops_counts_and_reports(tmp_path: Path) -> None:
-    """With the collector down a full spool drops, counts, warns once near full, reports later."""
+    """With the collector down a full spool drops, counts, warns once near full and once
+    full, reports the count later."""
     port = free_port()
     sink = sink_to(port, tmp_path, spool_bytes=20_000)
     lines = [json.dumps(record(i)) for i in range(200)]
     metric = ("aupguard_records_dropped_total", {"stage": "spool"})
     before = REGISTRY.get_sample_value(*metric) or 0.0
-    for i in range(0, 200, 10):
-        sink.write_lines(lines[i : i + 10])
+    with capture_logs() as logs:
+        for i in range(0, 200, 10):
+            sink.write_lines(lines[i : i + 10])
     assert sink.spool.full
+    assert [e["event"] for e in logs].count("records.spool_full") == 1  # not once per batch
     assert sink.dropped > 100
     assert REGISTRY.get_sample_value(*metric) == before + sink.dropped
     assert sink.near_full_alerts == 1
@@ -210,6 +214,30 @@ def test_spool_full_fail_closed_sets_and_clears_the_flag(tmp_path: Path) -> None
     received.wait(sink.spooled + 1)
     received.close()
     sink.close()
+
+
+@pytest.mark.parametrize("policy", list(SpoolFull))
+def test_the_spool_is_delivered_when_the_collector_returns_with_no_new_records(
+    tmp_path: Path, policy: SpoolFull
+) -> None:
+    """A full spool drains once the collector is back although no record is written: under
+    fail_closed none can be (the DNS filter and the proxy refuse everything), so delivery
+    waiting for the next record would keep the gateway suspended for good."""
+    port = free_port()
+    sink = sink_to(port, tmp_path, spool_bytes=5_000, policy=policy)
+    writer = RecordWriter([sink], halt=sink.fail_closed, tick=sink.tick)
+    for i in range(50):
+        writer.write(record(i))
+    assert writer.flush(10)
+    assert sink.spool.full
+    assert writer.failing_closed is (policy is SpoolFull.FAIL_CLOSED)
+    received = Collector(port)
+    got = received.wait(sink.spooled + 1, timeout=8)  # a tick a second, back-off under 1 s
+    assert [r["n"] for r in got[:-1]] == list(range(sink.spooled))
+    assert got[-1]["aupguard"]["dropped"] == sink.dropped  # type: ignore[index]
+    assert not writer.failing_closed
+    received.close()
+    writer.close(10)
 
 
 def test_queue_full_never_blocks_the_decision_path(tmp_path: Path) -> None:
