@@ -5,26 +5,30 @@ request path). Each record line is one RFC 5424 message with octet-counting fram
 (RFC 6587 3.4.1, the framing RFC 5425 mandates for TLS).
 
 Nothing lost: plain TCP gives no acknowledgment, so the sink keeps the last `resend_bytes`
-of sent lines; when the connection turns out dead (peer closed, send error or timeout) they
-go back to the spool ahead of new lines and are sent again after the reconnect. Records keep
-their `event.id`, so the collector (or a reviewer) recognises the duplicates. While the
-collector is unreachable, lines go to a bounded spool file (0640) and are delivered in order
-when it returns; connection attempts run on a helper thread, so an unanswering collector
-never holds up the writer thread. At `near_full` of the spool a loud warning is logged and
-counted; when it is full the `SpoolFull` policy applies: DROP counts what was dropped and
-sends a `records-dropped` record once the spool drains; FAIL_CLOSED additionally sets
-`fail_closed`, an Event enforcement points read to block until the spool has drained.
+of sent lines; when the connection turns out dead (peer closed, send error or stall) they
+are sent again after the reconnect. Records keep their `event.id`, so the collector (or a
+reviewer) recognises the duplicates. While the collector is unreachable, or does not take
+lines at once (`_ready`), lines go to a bounded spool file (0640) and are delivered in order
+as it takes them; connection attempts run on a helper thread, so neither an unanswering
+nor a slow collector holds up the writer thread. At `near_full` of the spool a loud
+warning is logged and counted; when it is full the `SpoolFull` policy applies: DROP counts
+what was dropped and sends a `records-dropped` record once the spool drains; FAIL_CLOSED
+additionally sets `fail_closed`, an Event enforcement points read to block until the spool
+has drained.
 RELP is not used: see docs/records-ops.md.
 """
 
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import os
 import select
 import socket
 import ssl
+import sys
+import termios
 import threading
 import time
 from collections import deque
@@ -52,6 +56,10 @@ _ENCODE_BATCH = 1000
 _MAX_RETRY = 30.0
 _CONNECT_WAIT = 0.05  # what the writer thread waits for a connection attempt it starts
 _SEND_PIECE = 64 << 10  # one TLS write's deadline covers this much, so a slow link keeps going
+_MIN_PROGRESS = 4 << 10  # bytes a collector must take per send timeout to count as reading
+# Spool bytes per send: under the third of a send buffer that is free when it is writable
+# (16 KiB is a new connection's), so that the writer does not wait for the rest to fit.
+_DRAIN_PIECE = 16 << 10
 
 
 class SpoolFull(enum.StrEnum):
@@ -71,11 +79,34 @@ def send_all(sock: socket.socket, data: bytes) -> None:
     """Send `data`; TimeoutError only when the peer takes nothing for the socket's timeout.
 
     `socket.sendall`'s timeout bounds the whole call, which a large spool drain over a slow
-    link can exceed while every piece goes through; here the timeout bounds each wait.
+    link can exceed while every piece goes through; here the timeout bounds each wait. A
+    wait can outlast it while the peer keeps reading, too: Linux reports a full send buffer
+    (up to 4 MiB) writable again only once a third of it is free, 20 s at 50 KB/s. So a
+    timed-out wait counts as a stall unless the kernel's send queue shrank by `_MIN_PROGRESS`
+    in it (a stalled peer's kernel still takes a trickle).
+    A timed-out send sent nothing (TLS: OpenSSL takes the same bytes again), so it is
+    simply repeated.
     """
     view = memoryview(data)
+    queued = _unsent(sock)
     while view:
-        view = view[sock.send(view[:_SEND_PIECE]) :]
+        try:
+            view = view[sock.send(view[:_SEND_PIECE]) :]
+        except TimeoutError:
+            before, queued = queued, _unsent(sock)
+            if before is None or queued is None or queued > before - _MIN_PROGRESS:
+                raise
+        else:
+            queued = _unsent(sock)
+
+
+def _unsent(sock: socket.socket) -> int | None:
+    """Bytes in the socket's send queue not yet acknowledged (SIOCOUTQ); None if unknown."""
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return None
+    return int.from_bytes(out, sys.byteorder)
 
 
 class Spool:
@@ -132,9 +163,10 @@ class Spool:
         self.offset = offset
         self.consumed += lines
 
-    def rewind(self) -> None:
-        """Send everything again from the start (the connection died while draining)."""
-        self.offset = self.consumed = 0
+    def rewind(self, lines: list[str]) -> None:
+        """Send the last sent `lines` again (the connection died while draining)."""
+        self.offset = max(0, self.offset - sum(len(line.encode()) + 1 for line in lines))
+        self.consumed = max(0, self.consumed - len(lines))
 
     def _count_lines(self) -> int:
         self._file.seek(0)
@@ -236,6 +268,9 @@ class SyslogSink:
         self._connector: ThreadPoolExecutor | None = None
         self._attempt: Future[socket.socket | None] | None = None
         self._alerted = False
+        self._full_since: float | None = None  # when the send buffer was last seen full
+        self._full_queued = 0  # its unsent bytes then
+        self._drained = 0  # spool lines sent since it was last emptied or rewound
         self.fail_closed = threading.Event()
         self.sent = self.spooled = self.resent = self.dropped = self._reported = 0
         self.near_full_alerts = self.reconnects = 0
@@ -318,12 +353,41 @@ class SyslogSink:
         recent = list(self._recent)
         self._recent.clear()
         self._recent_size = 0
-        if self.spool.offset > 0:  # died while draining: send the spool again from its start
-            self.resent += len(recent)
-            self.spool.rewind()
-        elif recent:
-            self.resent += len(recent)
-            self._to_spool(recent)
+        self.resent += len(recent)
+        # The newest of them came from the spool: it sends them again where they were. Older
+        # ones, sent before the spool was drained, go behind it (late, as duplicates can be).
+        older = len(recent) - min(self._drained, len(recent))
+        self._drained = 0
+        self.spool.rewind(recent[older:])
+        if older:
+            self._to_spool(recent[:older])
+
+    def _ready(self) -> bool:
+        """True when the connection can take more without the writer thread waiting.
+
+        Linux calls a socket writable once a third of its send buffer is free, far more than
+        a batch or a spool piece, so the writer sends only then; else the lines wait in the
+        spool. A slow collector keeps its connection while its send queue shrinks by
+        `_MIN_PROGRESS` per `send_timeout`; one that takes less is dropped as stalled.
+        """
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            writable = bool(select.select([], [sock], [], 0)[1])
+        except (OSError, ValueError):
+            writable = True  # the send finds out what is wrong
+        queued = None if writable else _unsent(sock)
+        if queued is None:  # writable, or nothing to tell progress by: a send (timed) decides
+            self._full_since = None
+            return True
+        now = self._clock()
+        if self._full_since is None or queued <= self._full_queued - _MIN_PROGRESS:
+            self._full_since, self._full_queued = now, queued  # full, or still taking
+        elif now - self._full_since >= self._send_timeout:
+            self._lost("collector stopped reading")
+            self._next_try = now + self._delay
+        return False
 
     def _send(self, lines: list[str]) -> bool:
         """Send framed messages; remember them for a resend; False after a failure.
@@ -375,18 +439,29 @@ class SyslogSink:
                 self.fail_closed.set()
                 _log.critical("records.fail_closed", spool=str(self.spool.path))
 
-    def _drain(self, budget: int) -> bool:
-        """Send up to `budget` bytes of the spool; True once it is empty."""
-        while self.spool.pending and budget > 0:
-            lines, end = self.spool.read(min(budget, self._drain_bytes))
+    def _drain(self, budget: int, seconds: float, *, wait: bool = False) -> bool:
+        """Send up to `budget` bytes of the spool for about `seconds`; True once it is empty.
+
+        Without `wait` a piece goes only while the connection takes it at once (`_ready`),
+        and the time bound keeps a fast one from holding the writer thread: a collector
+        catching up never holds up new records or the records files; the rest goes with the
+        next batches and ticks.
+        """
+        deadline = self._clock() + seconds
+        while self.spool.pending and budget > 0 and self._clock() < deadline:
+            if not (wait or self._ready()):
+                return False
+            lines, end = self.spool.read(min(budget, _DRAIN_PIECE))
             budget -= end - self.spool.offset
             if not self._send(lines):
                 return False
             self.spool.advance(end, len(lines))
+            self._drained += len(lines)
         if self.spool.pending:
             return False
         if self.spool.size:
             self.spool.clear()
+            self._drained = 0
             self._alerted = False
             if self.fail_closed.is_set():
                 self.fail_closed.clear()
@@ -407,30 +482,45 @@ class SyslogSink:
     # --- RecordSink -------------------------------------------------------------------
 
     def write_lines(self, lines: list[str]) -> None:
-        """Send the batch, or spool it behind what is already waiting."""
+        """Send the batch as far as the collector takes it; spool the rest behind what waits."""
         if not lines:
             return
-        if not (self._connect() and self._drain(self._drain_bytes) and self._send(lines)):
+        if self._connect() and self._drain(self._drain_bytes, self._send_timeout):
+            lines = self._send_while_ready(lines)
+        if lines:
             self._to_spool(lines)
         SPOOL_DEPTH.set(self.spool.depth)
 
-    def tick(self) -> bool:
-        """Deliver up to `drain_bytes` of the spool once the collector is back; True if more.
+    def _send_while_ready(self, lines: list[str]) -> list[str]:
+        """Send `lines` in pieces of `_DRAIN_PIECE` while the connection takes them; the rest."""
+        start = 0
+        while start < len(lines) and self._ready():
+            end, size = start + 1, len(lines[start])
+            while end < len(lines) and size + len(lines[end]) < _DRAIN_PIECE:
+                size += len(lines[end]) + 1
+                end += 1
+            if not self._send(lines[start:end]):
+                break
+            start = end
+        return lines[start:]
 
-        For the writer's idle times: records trigger delivery too, but a quiet gateway writes
-        none, and one failing closed none at all, so its spool would never drain and
-        enforcement never resume.
+    def tick(self) -> bool:
+        """Deliver what the collector takes of the spool now; True while more waits on a link.
+
+        True asks to be called again soon. For the writer's idle times: records trigger
+        delivery too, but a quiet gateway writes none, and one failing closed none at all,
+        so its spool would never drain and enforcement never resume.
         """
         if not self.spool.pending and self.dropped == self._reported:
             return False
-        drained = self._connect() and self._drain(self._drain_bytes)
+        drained = self._connect() and self._drain(self._drain_bytes, self._send_timeout)
         SPOOL_DEPTH.set(self.spool.depth)
         return not drained and self._sock is not None
 
     def flush(self) -> None:
-        """Deliver the whole spool if the collector is reachable; make the spool durable."""
+        """Deliver the spool (for up to `timeout`) if the collector is reachable; sync it."""
         if self._connect(force=True):
-            self._drain(1 << 62)
+            self._drain(1 << 62, self._timeout, wait=True)
         self.spool.sync()
         SPOOL_DEPTH.set(self.spool.depth)
 

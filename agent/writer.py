@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 _log = get_logger(__name__)
 IDLE_TICK = 1.0  # seconds between an idle writer's calls of `tick`
+BUSY_TICK = 0.02  # the same while `tick` has more to do (a spool to deliver)
 
 
 # --- sinks ------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ class RecordWriter:
     a `records-dropped` record once the queue drains. `close()` drains everything.
     `tick` is work of a sink's own between batches (delivering a spool once the collector is
     back, when no new record would trigger it): called on the thread at least every
-    `IDLE_TICK` seconds while it is idle, and again at once while it returns True.
+    `IDLE_TICK` seconds while it is idle, every `BUSY_TICK` while it returns True.
     """
 
     def __init__(  # noqa: PLR0913  (sinks plus keyword-only tuning knobs)
@@ -282,7 +283,7 @@ class RecordWriter:
             RECORD_SINK_ERRORS.labels("tick").inc()
             _log.exception("records.sink_failed", call="tick")
             more = False
-        return 0.0 if more else IDLE_TICK
+        return BUSY_TICK if more else IDLE_TICK
 
     def _handle(self, batch: list[object]) -> bool:
         """Write a batch in order, acting on flush/close markers; False after close."""

@@ -157,7 +157,7 @@ def test_writer_survives_bad_records_and_sinks() -> None:
 def test_an_idle_writer_ticks_again_at_once_while_there_is_more_and_survives_a_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`tick` runs while nothing is queued, at once again while it says there is more; one
+    """`tick` runs while nothing is queued, soon again while it says there is more; one
     that raises is counted and logged, and the writer goes on."""
     monkeypatch.setattr("agent.writer.IDLE_TICK", 0.5)
     calls: list[float] = []
@@ -175,7 +175,7 @@ def test_an_idle_writer_ticks_again_at_once_while_there_is_more_and_survives_a_f
         while len(calls) < 7 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(calls) >= 7
-        assert calls[5] - calls[0] < 0.25  # the first six back to back, not a tick apart
+        assert calls[5] - calls[0] < 0.25  # the first six a BUSY_TICK apart, not IDLE_TICK
         assert calls[6] - calls[5] >= 0.45  # then the idle period again
         fail.set()
         deadline = time.monotonic() + 5
