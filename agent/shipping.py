@@ -284,9 +284,8 @@ class SyslogSink:
         collector that does not answer (a firewall dropping SYNs costs the whole `timeout`)
         holds it up no longer; its lines go to the spool meanwhile. Retries back off from
         `retry_seconds` to 30 s, and start afresh after a connection that held (`_lost`).
-        `force` (flush, close) waits for the attempt under way and, if it failed (it may
-        have begun before the collector came back), tries once more: at most twice
-        `timeout`.
+        `force` (close) waits for the attempt under way, or starts one at once and waits for
+        it: at most `timeout`.
         """
         if self._sock is not None and not _dead(self._sock, self._send_timeout):
             return True
@@ -296,6 +295,8 @@ class SyslogSink:
         if attempt is not None and (force or attempt.done()):
             if self._outcome():
                 return True
+            if force:
+                return False
             attempt = None
         if attempt is not None:
             return False  # still under way
@@ -518,15 +519,27 @@ class SyslogSink:
         return not drained and self._sock is not None
 
     def flush(self) -> None:
-        """Deliver the spool (for up to `timeout`) if the collector is reachable; sync it."""
-        if self._connect(force=True):
-            self._drain(1 << 62, self._timeout, wait=True)
+        """Deliver what the collector takes at once, as for a batch; make the spool durable.
+
+        It waits for no connection attempt and no slow collector: chain heads flush every
+        minute, and the writer thread that waits writes the records files too.
+        """
+        if self._connect():
+            self._drain(1 << 62, self._send_timeout)
         self.spool.sync()
         SPOOL_DEPTH.set(self.spool.depth)
 
     def close(self) -> None:
-        """Flush and close; undelivered lines stay in the spool for the next start."""
-        self.flush()
+        """Deliver what the collector takes within `timeout`, then close the connection.
+
+        It connects first if need be; one `timeout` in all, so that a shutdown ends well
+        within a supervisor's grace. Undelivered lines stay in the spool for the next start.
+        """
+        deadline = self._clock() + self._timeout
+        if self._connect(force=True):
+            self._drain(1 << 62, max(0.0, deadline - self._clock()), wait=True)
+        self.spool.sync()
+        SPOOL_DEPTH.set(self.spool.depth)
         if self._sock is not None:
             # Read what the collector sent first (TLS 1.3 session tickets): a socket closed
             # with unread bytes resets the connection, which can cost the collector the
