@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-import json
 import signal
 import socket
 import sys
@@ -42,6 +41,7 @@ from agent.config import (
 from agent.dns_cache import CacheKey, DnsCache, Entry, Replay, Verdicts
 from agent.dns_records import Recorder
 from agent.dns_wire import Answers, Question
+from agent.logs import configure_logging, get_logger
 from agent.metrics import (
     BYPASS_ATTEMPTS,
     DECISIONS,
@@ -65,6 +65,7 @@ MAX_REPLAYS = 32_768  # remembered answers (client, question); emptied when full
 MAX_REPLAY_SIZE = 512  # larger answers are not remembered: replays stay under ~40 MiB
 Counts = tuple[Cell, ...]  # the metrics an answer counts (Tally cells)
 _TASKS: set[asyncio.Task[Any]] = set()
+_log = get_logger("aupguard.dns")
 
 
 def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -321,7 +322,7 @@ class DnsFilter:
             return self._servfail(job)
         except Exception as e:  # noqa: BLE001  (a bug costs this query a SERVFAIL, not an answer)
             bump(job.counts)
-            log_event("dns_lookup_failed", name=dns_wire.to_text(q.name), error=repr(e))
+            _log.error("dns_lookup_failed", name=dns_wire.to_text(q.name), error=repr(e))
             self._record_failure(job, f"internal error: {e!r}")
             self.tally.add(DNS_QUERIES, "servfail")
             return self._servfail(job)
@@ -486,7 +487,7 @@ class UdpServer:
             try:
                 result = answer(data, addr[0], now, udp=True)
             except (ValueError, IndexError, UnicodeError) as e:  # a packet we failed to read
-                log_event("dns_bad_packet", client=addr[0], error=repr(e))
+                _log.warning("dns_bad_packet", client=addr[0], error=repr(e))
                 continue
             if type(result) is bytes:
                 try:  # `send`, inlined: a call less for every datagram
@@ -581,7 +582,7 @@ class TcpServer:
         try:
             result = self.core.answer(data, ip, time.time(), udp=False)
         except (ValueError, IndexError, UnicodeError) as e:
-            log_event("dns_bad_packet", client=ip, error=repr(e))
+            _log.warning("dns_bad_packet", client=ip, error=repr(e))
             return False
         if isinstance(result, Lookup):
             if len(lookups) >= self.MAX_PIPELINE:
@@ -611,19 +612,6 @@ class TcpServer:
 # --- service --------------------------------------------------------------------------------
 
 
-def log_event(event: str, **fields: Any) -> None:
-    """One operational JSON line on stdout (journald), flushed."""
-    line = {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "level": "info",
-        "logger": "aupguard.dns",
-        "event": event,
-        **fields,
-    }
-    sys.stdout.write(json.dumps(line, default=str) + "\n")
-    sys.stdout.flush()
-
-
 def make_writer(settings: Settings, runtime: Runtime) -> RecordWriter | None:
     """The configured record sinks (file per writer, chain, syslog) plus `--records FILE`."""
     if settings.section.records is DnsRecords.OFF:
@@ -651,7 +639,7 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
     runtime.on_reload(lambda _engine: settle_gc(young=GC_YOUNG))
     settle_gc(young=GC_YOUNG)
     sweeper = spawn(_sweep(recorder, core.tally, stop))
-    log_event(
+    _log.info(
         "dns_ready",
         listen=bound,
         upstreams=[u.label for u in core.pool.upstreams],
@@ -666,7 +654,7 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
     if writer is not None:
         writer.close(timeout=5.0)
     core.recent.close()
-    log_event("dns_stopped", cache_hits=core.cache.hits, cache_misses=core.cache.misses)
+    _log.info("dns_stopped", cache_hits=core.cache.hits, cache_misses=core.cache.misses)
 
 
 async def _bind(
@@ -755,6 +743,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 @command("dns", "run the DNS filter", _args)
 def cmd_dns(args: argparse.Namespace) -> int:
     """Run the DNS filter (UDP and TCP) until SIGTERM; SIGHUP reloads policy and lists."""
+    configure_logging()  # JSON lines for journald, as `aupguard run`'s own
     runtime = Runtime(args.config)
     try:
         Answers(runtime.engine.config.dns)  # validates the block mode's addresses before listening

@@ -164,8 +164,13 @@ def _level_number(level: str) -> int:
         raise ValueError(f"unknown log level {level!r}: expected one of {names}") from None
 
 
-def configure_logging(*, json: bool | None = None, level: str = "info") -> None:
-    """Log to stdout: JSON lines when not a TTY (or `json=True`), else a console view."""
+def configure_logging(
+    *, json: bool | None = None, level: str = "info", stdlib: bool = True
+) -> None:
+    """Log to stdout: JSON lines when not a TTY (or `json=True`), else a console view.
+
+    `stdlib=False` leaves stdlib logging alone (mitmproxy's own log view prints it).
+    """
     as_json = not sys.stdout.isatty() if json is None else json
     levelno = _level_number(level)
     shared: list[Processor] = [
@@ -187,7 +192,8 @@ def configure_logging(*, json: bool | None = None, level: str = "info") -> None:
         # does not log, so the per-call bind costs nothing that matters.
         cache_logger_on_first_use=False,
     )
-    _route_stdlib(shared, tail, levelno)
+    if stdlib:
+        _route_stdlib(shared, tail, levelno)
 
 
 def _route_stdlib(pre_chain: list[Processor], tail: list[Processor], levelno: int) -> None:

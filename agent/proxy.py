@@ -19,6 +19,7 @@ from typing import Any
 from agent.cli import command
 from agent.config import Config, ProxyMode, load_config
 from agent.errors import AupguardError
+from agent.logs import configure_logging
 from agent.shared_state import WORKERS_ENV
 
 CA_KEY_FILE = "mitmproxy-ca.pem"  # key + certificate (mode 0600)
@@ -87,6 +88,7 @@ def run_workers(workers: int, serve: Coroutine[Any, Any, int]) -> int:
 @command("proxy", "run the web enforcement point (mitmproxy + the enforce addon)", _proxy_args)
 def cmd_proxy(args: argparse.Namespace) -> int:
     """Run mitmproxy with the enforce addon until SIGTERM."""
+    configure_logging(stdlib=False)  # JSON lines for journald; mitmproxy logs its own way
     try:
         config = load_config(args.config)
         host, port = parse_listen(args.listen or config.proxy.listen)

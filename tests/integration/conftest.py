@@ -260,6 +260,8 @@ def dns_start(config: Path, *args: str, timeout: float = 30) -> DnsProcess:
         lines.append(line)
         if '"dns_ready"' in line:
             event = json.loads(line)
+            # structlog's JSON lines, like every other service's (not a format of its own)
+            assert {"timestamp", "level", "logger"} <= event.keys(), line
             port = int(event["listen"][0].rpartition(":")[2])
             return DnsProcess(proc, port, event, lines)
     proc.kill()
