@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dnslib import QTYPE
+
 from agent.config import DnsRecords
 from agent.dns_cache import Verdicts
 from agent.model import Client, Decision, Request
@@ -33,6 +35,7 @@ class _Trips:
     count: int = 0
     reported: float = float("-inf")  # when the last record was written
     name: str = ""  # the last name asked, for the record
+    qtype: int = 0  # and its type
 
 
 class Recorder:
@@ -85,7 +88,7 @@ class Recorder:
             target[leaf] = value
         return record
 
-    def trip(self, kind: str, client: Client, name: str, now: float) -> None:
+    def trip(self, kind: str, client: Client, name: str, qtype: int, now: float) -> None:
         """Count a refused/rate-limited query; record the count at most once per interval."""
         if self.writer is None:
             return
@@ -96,7 +99,7 @@ class Recorder:
             state = self._trips.setdefault(key, _Trips())
             client = UNTRACKED if untracked else client
         state.count += 1
-        state.name = name
+        state.name, state.qtype = name, qtype
         if now - state.reported >= TRIP_INTERVAL:
             self._report(kind, client, state, now)
 
@@ -114,6 +117,7 @@ class Recorder:
         extra: dict[str, Any] = {
             "aupguard.dns.count": count,
             "aupguard.dns.outcome": kind,
+            "dns.question.type": str(QTYPE.get(state.qtype, state.qtype)),
             "dns.response_code": "REFUSED",
             "event.outcome": "failure",
         }

@@ -305,7 +305,7 @@ class DnsFilter:
         return None
 
     def _refuse(self, kind: str, data: bytes, q: Question, client: Client, now: float) -> bytes:
-        self.recorder.trip(kind, client, dns_wire.to_text(q.name), now)
+        self.recorder.trip(kind, client, dns_wire.to_text(q.name), q.qtype, now)
         self.tally.add(DNS_QUERIES, kind)
         return dns_wire.refused_reply(data, q)
 

@@ -43,7 +43,7 @@ def test_a_flood_is_recorded_once_per_interval_with_its_count(runtime: Runtime) 
     recorder = Recorder(DnsRecords.DEFAULT, writer, runtime)  # type: ignore[arg-type]
     client = Client("192.0.2.7")
     for i in range(1000):
-        recorder.trip("refused", client, "x.test", 100.0 + i * 0.001)
+        recorder.trip("refused", client, "x.test", 1, 100.0 + i * 0.001)
     assert len(writer.records) == 1
     recorder.sweep(100.0 + TRIP_INTERVAL)
     counts = [r["aupguard"]["dns"]["count"] for r in writer.records]
@@ -65,17 +65,16 @@ def test_each_client_is_recorded_at_most_once_per_interval(
     runtime: Runtime, sweeps: list[tuple[float, bool]], counts: list[int]
 ) -> None:
     """A client's trip records are an interval apart, whenever the sweep runs; the last sweep
-    (shutdown) records what is still pending, with the last name asked."""
+    (shutdown) records what is still pending, with the last name and type asked."""
     writer = ListWriter()
     recorder = Recorder(DnsRecords.DEFAULT, writer, runtime)  # type: ignore[arg-type]
-    for i, now in enumerate((100.0, 101.0, 102.0, 103.0)):
-        recorder.trip("rate-limited", Client("192.0.2.7"), f"n{i}.test", now)
+    for i, (now, qtype) in enumerate(((100.0, 1), (101.0, 28), (102.0, 65), (103.0, 15))):
+        recorder.trip("rate-limited", Client("192.0.2.7"), f"n{i}.test", qtype, now)
     for now, final in sweeps:
         recorder.sweep(now, final=final)
     assert [r["aupguard"]["dns"]["count"] for r in writer.records] == counts
-    assert [r["dns"]["question"]["name"] for r in writer.records][1:] == ["n3.test"][
-        : len(counts) - 1
-    ]
+    last = [(r["dns"]["question"]["name"], r["dns"]["question"]["type"]) for r in writer.records]
+    assert last[1:] == [("n3.test", "MX")][: len(counts) - 1]
 
 
 def test_trips_from_more_clients_than_tracked_are_counted_together(
@@ -87,7 +86,7 @@ def test_trips_from_more_clients_than_tracked_are_counted_together(
     writer = ListWriter()
     recorder = Recorder(DnsRecords.DEFAULT, writer, runtime)  # type: ignore[arg-type]
     for i in range(1000):
-        recorder.trip("refused", Client(f"198.51.{i // 256}.{i % 256}"), "x.test", 100.0)
+        recorder.trip("refused", Client(f"198.51.{i // 256}.{i % 256}"), "x.test", 1, 100.0)
     assert len(recorder._trips) == 6
     recorder.sweep(100.0, final=True)
     sources = [r["source"]["ip"] for r in writer.records]
