@@ -128,13 +128,34 @@ def sink_to(port: int, tmp: Path, **kw: object) -> SyslogSink:
     return SyslogSink("127.0.0.1", port, spool=spool, **settings)  # type: ignore[arg-type]
 
 
-def deliver(sink: SyslogSink, timeout: float = 10) -> None:
-    """What the record writer does while idle: tick until the spool is delivered (bounded)."""
+def deliver(sink: SyslogSink, timeout: float = 10) -> float:
+    """What the record writer does while idle: tick until the spool is delivered (bounded);
+    the longest tick."""
     deadline = time.monotonic() + timeout
+    longest = 0.0
     while (sink.spool.depth or sink.dropped) and time.monotonic() < deadline:
-        if not sink.tick() and not sink.spool.depth:
-            return
+        started = time.monotonic()
+        more = sink.tick()
+        longest = max(longest, time.monotonic() - started)
+        if not more and not sink.spool.depth:
+            break
         time.sleep(0.02)
+    return longest
+
+
+def slow_reader(server: socket.socket, got: bytearray, chunk: int) -> threading.Thread:
+    """A collector taking `chunk` bytes every 10 ms on the first connection, into `got`."""
+
+    def read_slowly() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(chunk):
+                got.extend(data)
+                time.sleep(0.01)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    return reader
 
 
 def first_copies(got: list[dict[str, object]]) -> list[str]:
@@ -382,27 +403,12 @@ def test_a_slow_collector_that_keeps_reading_is_not_dropped(tmp_path: Path) -> N
     port = free_port()
     server = quiet_collector(port, 65536)
     got = bytearray()
-
-    def read_slowly() -> None:
-        conn, _ = server.accept()
-        with conn:
-            while chunk := conn.recv(16384):
-                got.extend(chunk)
-                time.sleep(0.01)
-
-    reader = threading.Thread(target=read_slowly, daemon=True)
-    reader.start()
+    reader = slow_reader(server, got, 16384)
     sink = sink_to(port, tmp_path, send_timeout=0.15)
     lines = [json.dumps(record(i)) for i in range(16_000)]  # ~5 MB framed
     started = time.monotonic()
     sink.write_lines(lines)
-    longest = time.monotonic() - started
-    deadline = time.monotonic() + 30
-    while sink.spool.depth and time.monotonic() < deadline:  # bounded: the writer's ticks
-        started = time.monotonic()
-        sink.tick()
-        longest = max(longest, time.monotonic() - started)
-        time.sleep(0.02)
+    longest = max(time.monotonic() - started, deliver(sink, timeout=30))
     assert sink.spool.depth == 0
     assert (sink.reconnects, sink.resent) == (1, 0)
     assert longest < 0.15, f"a call held the writer {longest:.2f} s"
@@ -436,16 +442,7 @@ def test_a_slow_collector_catches_up_with_a_spool_without_holding_up_the_writer(
     assert sink.spool.depth == len(spooled)
     server = quiet_collector(port, 4096)
     got = bytearray()
-
-    def read_slowly() -> None:
-        conn, _ = server.accept()
-        with conn:
-            while chunk := conn.recv(2048):
-                got.extend(chunk)
-                time.sleep(0.01)
-
-    reader = threading.Thread(target=read_slowly, daemon=True)
-    reader.start()
+    reader = slow_reader(server, got, 2048)
     fresh = [json.dumps(record(i)) for i in range(4_000, 4_400)]
     longest = 0.0
     for i in range(0, len(fresh), 5):  # 5 records each 20 ms: ~60 KB/s
@@ -453,12 +450,7 @@ def test_a_slow_collector_catches_up_with_a_spool_without_holding_up_the_writer(
         sink.write_lines(fresh[i : i + 5])
         longest = max(longest, time.monotonic() - started)
         time.sleep(0.02)
-    deadline = time.monotonic() + 30
-    while sink.spool.depth and time.monotonic() < deadline:  # bounded: the writer's ticks
-        started = time.monotonic()
-        sink.tick()
-        longest = max(longest, time.monotonic() - started)
-        time.sleep(0.02)
+    longest = max(longest, deliver(sink, timeout=30))
     assert sink.spool.depth == 0
     assert (sink.reconnects, sink.resent) == (1, 0)
     assert longest < 0.2, f"a call held the writer {longest:.2f} s"  # a wait: 64 KiB, 0.3 s
