@@ -33,6 +33,10 @@ __all__ = [  # redaction lives in agent.logs (records and logs share it); re-exp
 
 ECS_VERSION = "8.17.0"
 DATASET = "aupguard.decision"
+# Characters kept of url.full, url.path and url.query, as Squid's MAX_URL: a 100 KB query
+# string would otherwise go into a record twice, and a record that large into every
+# file, spool and collector connection (a syslog sink sends a record whole).
+MAX_URL_FIELD = 8192
 _log = get_logger(__name__)
 
 # --- notice -----------------------------------------------------------------------------
@@ -123,14 +127,17 @@ def _match(m: Match) -> dict[str, Any]:
     return {"category": m.category, "entry": m.entry, "source": m.source}
 
 
-def _subject(record: dict[str, Any], request: Request, found: list[str]) -> None:
-    """Add what was asked for in the source's ECS field set (url, dns or tls)."""
+def _subject(record: dict[str, Any], request: Request, found: list[str]) -> list[str]:
+    """Add what was asked for in the source's ECS field set (url, dns or tls).
+
+    URL fields longer than `MAX_URL_FIELD` are cut to it; their names are returned.
+    """
     if request.source is Source.DNS:
         record["dns"] = {"question": {"name": request.host}}
-        return
+        return []
     if request.source is Source.TLS:
         record["tls"] = {"client": {"server_name": request.host}}
-        return
+        return []
     url: dict[str, Any] = {"domain": request.host}
     if request.url is not None:
         full, what = redact_url(request.url)
@@ -147,6 +154,10 @@ def _subject(record: dict[str, Any], request: Request, found: list[str]) -> None
         found.extend(what)
         url["path"] = path
     record["url"] = url
+    cut = [key for key in ("full", "path", "query") if len(url.get(key, "")) > MAX_URL_FIELD]
+    for key in cut:
+        url[key] = url[key][:MAX_URL_FIELD]
+    return [f"url.{key}" for key in cut]
 
 
 def _aupguard(
@@ -233,12 +244,14 @@ def build_record(  # noqa: PLR0913 the inputs are named, keyword-only and all ne
     if client.user is not None:
         record["user"] = {"name": client.user}
     found: list[str] = []
-    _subject(record, request, found)
+    truncated = _subject(record, request, found)
     record["rule"] = {"name": decision.rule, "ruleset": decision.layer}
     record["observer"] = {"type": observer, "product": "aupguard"}
     record["aupguard"] = _aupguard(decision, client, eid, policy_rev, notice)
     if found:
         record["aupguard"]["redacted"] = list(dict.fromkeys(found))
+    if truncated:
+        record["aupguard"]["truncated"] = truncated
     if extra:
         merge_extra(record, extra)
     return record

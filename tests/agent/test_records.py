@@ -17,6 +17,7 @@ from agent.errors import ConfigError
 from agent.model import Action, Classification, Client, Decision, Match, MatchKind, Request, Source
 from agent.records import (
     ECS_ROOTS,
+    MAX_URL_FIELD,
     Notice,
     build_record,
     format_timestamp,
@@ -281,6 +282,26 @@ def test_record_query_is_not_taken_from_the_fragment() -> None:
     """A `?` inside the fragment does not make a url.query."""
     record = record_for(Request(HOST, "/p", f"https://{HOST}/p#top?x=1", Source.HTTP))
     assert "query" not in record["url"]
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "truncated"),
+    [
+        pytest.param("/p", "q=1", None, id="short"),
+        pytest.param("/p", "q=" + "x" * 20_000, ["url.full", "url.query"], id="long-query"),
+        pytest.param("/" + "p" * 9_000, "", ["url.full", "url.path"], id="long-path"),
+    ],
+)
+def test_record_url_fields_are_cut_at_max_url_field(
+    path: str, query: str, truncated: list[str] | None
+) -> None:
+    """A huge URL does not make a huge record (each field at most MAX_URL_FIELD characters),
+    and the record says which fields were cut."""
+    url = f"https://{HOST}{path}" + (f"?{query}" if query else "")
+    record = record_for(Request(HOST, path + (f"?{query}" if query else ""), url, Source.HTTP))
+    assert all(len(value) <= MAX_URL_FIELD for value in record["url"].values())
+    assert record["aupguard"].get("truncated") == truncated
+    assert record["url"]["full"] == url[:MAX_URL_FIELD]
 
 
 def test_record_extra_is_copied() -> None:
