@@ -411,7 +411,7 @@ def test_a_slow_collector_that_keeps_reading_is_not_dropped(tmp_path: Path) -> N
     longest = max(time.monotonic() - started, deliver(sink, timeout=30))
     assert sink.spool.depth == 0
     assert (sink.reconnects, sink.resent) == (1, 0)
-    assert longest < 0.15, f"a call held the writer {longest:.2f} s"
+    assert longest < 0.5, f"a call held the writer {longest:.2f} s"  # sending it all: ~3 s
     sink.close()
     reader.join(30)
     assert got.count(b"aupguard") == len(lines)
