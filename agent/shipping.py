@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["Spool", "SpoolFull", "SyslogSink", "frame", "record_sinks", "tls_context"]
 
 _log = get_logger(__name__)
-_ENCODE_BATCH = 1000
 _MAX_RETRY = 30.0
 _CONNECT_WAIT = 0.05  # what the writer thread waits for a connection attempt it starts
 _SEND_PIECE = 64 << 10  # one TLS write's deadline covers this much, so a slow link keeps going
@@ -419,18 +418,15 @@ class SyslogSink:
     def _send(self, lines: list[str]) -> bool:
         """Send framed messages; remember them for a resend; False after a failure.
 
-        A collector that takes nothing for `send_timeout` (it accepted, then stopped
-        reading) is dropped like a dead one, and the next attempt waits for the back-off: a
-        stalled collector holds the writer thread (and with it the records files) up for
-        `send_timeout` once per back-off period, not on every batch.
+        `lines` is one piece: callers cut at `_DRAIN_PIECE`. A collector that takes nothing
+        for `send_timeout` (`send_all`) is dropped like a dead one, and the next attempt
+        waits for the back-off.
         """
         if self._sock is None:
             return False
         header = self._header % format_timestamp(time.time())
         try:
-            for i in range(0, len(lines), _ENCODE_BATCH):
-                chunk = lines[i : i + _ENCODE_BATCH]
-                send_all(self._sock, b"".join(frame(header + line) for line in chunk))
+            send_all(self._sock, b"".join(frame(header + line) for line in lines))
         except OSError as e:  # includes timeouts and TLS errors
             self._lost(str(e) or type(e).__name__)
             self._next_try = self._clock() + self._delay
