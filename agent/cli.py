@@ -109,6 +109,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         "dns_enforceable": d.user_independent,
         "notes": list(d.notes),
         "policy_version": engine.revision,
+        "lists_version": engine.lists_version,
         "notice_version": engine.notice.version,
     }
     if args.json:
@@ -129,6 +130,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         "reason",
         "clause",
         "policy_version",
+        "lists_version",
     ):
         value = out[key]
         if value not in (None, [], ""):
@@ -216,12 +218,13 @@ def _lists_args(p: argparse.ArgumentParser) -> None:
 
 @command("lists", "category list statistics", _lists_args)
 def cmd_lists(args: argparse.Namespace) -> int:
-    """`lists stats`: entries per category, bad lines per file (with the first errors)."""
-    from agent.index import build_index  # noqa: PLC0415
+    """`lists stats`: the lists' version, entries per category, bad lines per file."""
+    from agent.index import build_index, open_index  # noqa: PLC0415
 
     config = load_config(args.config)
     out = config.index_dir() / "stats-build"
     stats = build_index(config.list_sources(), out)
+    print(f"lists version {open_index(out).lists_version} (aupguard.lists_version in records)")
     print(stats.describe())
     return 0
 

@@ -644,6 +644,7 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
         listen=bound,
         upstreams=[u.label for u in core.pool.upstreams],
         policy_version=runtime.engine.revision,
+        lists_version=runtime.engine.lists_version,
         records=str(settings.section.records),
         block_mode=str(settings.section.block_mode),
     )

@@ -5,8 +5,8 @@ Index file (one file, native byte order, replaced atomically; every process maps
     preamble  magic b"AUPGIDX\\0", u32 version, u32 0x01020304 (byte-order check),
               u64 meta_off, meta_len, trie_off, trie_len, offsets_off, list_ids_off, lines_off,
               records
-    meta      JSON: fingerprint, lists [[category, file label]...] (index = list id),
-              url_rules [[list id, host, path, line]...], stats
+    meta      JSON: fingerprint, lists_version, lists [[category, file label]...] (index =
+              list id), url_rules [[list id, host, path, line]...], stats
     trie      marisa-trie of char-reversed names plus a dot ("moc.elpmaxe."): one `prefixes()`
               call returns every listed suffix of a host on label boundaries
     offsets   u32 x (keys + 1): the records of trie key id k are offsets[k] .. offsets[k+1]
@@ -14,6 +14,8 @@ Index file (one file, native byte order, replaced atomically; every process maps
 
 `load_index` reuses a build whose fingerprint (sources, sizes, mtimes) is unchanged, so a
 restart is ready in milliseconds; a new build is written aside and swapped in atomically.
+`lists_version` hashes what the lists say (categories, formats and file contents), so every
+decision record can name the lists it was decided on.
 """
 
 from __future__ import annotations
@@ -172,9 +174,29 @@ def build_index(
             unsupported[e.label] = unsupported.get(e.label, 0) + 1
     stats = {"entries": b.entries, "bad_lines": bad, "unsupported": unsupported,
              "errors": errors, "url_rules": len(b.url_rules)}  # fmt: skip
-    meta: dict[str, Any] = {"fingerprint": fp, "stats": stats}
+    meta: dict[str, Any] = {"fingerprint": fp, "lists_version": lists_version(sources),
+                            "stats": stats}  # fmt: skip
     b.write(path, meta, start)
     return IndexStats.from_json(meta["stats"])
+
+
+def lists_version(sources: Sequence[ListSource]) -> str:
+    """A hash of what the lists say: each source's category and format, and its files' bytes.
+
+    Not of paths, sizes or mtimes (the fingerprint's business): the same lists copied
+    elsewhere have the same version, and a list rewritten in place does not.
+    """
+    h = hashlib.sha256()
+    for s in sources:
+        h.update(f"\0{s.category}\0{s.format}".encode())
+        files = [s.path / "domains", s.path / "urls"] if s.format is ListFormat.UT1 else [s.path]
+        for f in files:
+            try:
+                with f.open("rb") as data:
+                    h.update(b"\0+" + hashlib.file_digest(data, "sha256").digest())
+            except OSError:
+                h.update(b"\0-")
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def fingerprint(sources: Sequence[ListSource], **params: object) -> str:
@@ -197,7 +219,8 @@ class CompiledIndex:
     """A memory-mapped index file: host suffix lookups plus the URL rules and stats it carries."""
 
     __slots__ = ("_cats", "_labels", "_lines", "_list_ids", "_mm", "_offsets", "_trie",
-                 "fingerprint", "lists", "path", "prefixes", "stats", "url_rules")  # fmt: skip
+                 "fingerprint", "lists", "lists_version", "path", "prefixes", "stats",
+                 "url_rules")  # fmt: skip
 
     def __init__(self, path: Path) -> None:
         with path.open("rb") as f:
@@ -226,6 +249,9 @@ class CompiledIndex:
         if self._offsets[keys] != records:
             raise ValueError(f"{path}: inconsistent index file")
         self.path, self.fingerprint = path, str(meta["fingerprint"])
+        # None in a build from before lists versions: `load_index` rebuilds it, and only
+        # `open_latest` (the last good build) still opens one.
+        self.lists_version: str | None = meta.get("lists_version")
         self.lists: tuple[tuple[str, str], ...] = tuple(map(tuple, meta["lists"]))
         self._cats = tuple(cat for cat, _ in self.lists)
         self._labels = tuple(label for _, label in self.lists)
@@ -290,24 +316,29 @@ def load_index(
     """
     fp = fingerprint(sources, max_bad=max_bad, max_bad_abs=max_bad_abs)
     path = cache_dir / f"index-{fp[:24]}.aupidx"
-    try:
-        index = open_index(path)
-    except (OSError, ValueError):
-        pass
-    else:
+    index = _open_current(path)
+    if index is not None:
         with contextlib.suppress(OSError):
             os.utime(path)  # in use: the newest builds are the ones kept
         return index
     cache_dir.mkdir(parents=True, exist_ok=True)
     with (cache_dir / ".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same index
-        try:
-            index = open_index(path)
-        except (OSError, ValueError):
+        index = _open_current(path)
+        if index is None:
             build_index(sources, path, max_bad=max_bad, max_bad_abs=max_bad_abs)
             index = open_index(path)
         _prune(cache_dir, keep=path)
     return index
+
+
+def _open_current(path: Path) -> CompiledIndex | None:
+    """The build at `path`, if there is one and it names its lists' version (else rebuilt)."""
+    try:
+        index = open_index(path)
+    except (OSError, ValueError):
+        return None
+    return index if index.lists_version is not None else None
 
 
 KEEP_BUILDS = 4

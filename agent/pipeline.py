@@ -38,11 +38,13 @@ class Evaluation:
 class Engine:
     """A loaded config revision: compiled index, identity map, policy and notice."""
 
-    __slots__ = ("classifier", "config", "identity", "notice", "policy", "revision")
+    __slots__ = ("classifier", "config", "identity", "lists_version", "notice", "policy",
+                 "revision")  # fmt: skip
 
     def __init__(self, config: Config, classifier: Classifier) -> None:
         self.config = config
         self.revision = config.revision
+        self.lists_version = classifier.index.lists_version
         self.classifier = classifier
         self.identity = Identity(config.groups)
         self.policy = Policy(config)
@@ -111,10 +113,11 @@ class Engine:
         event_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The decision record of `ev`, stamped with this revision's policy and notice."""
+        """The decision record of `ev`, stamped with this revision's policy, lists and notice."""
         return build_record(
             request=ev.request, client=ev.client, decision=ev.decision, now=now,
-            policy_rev=self.revision, notice=self.notice, event_id=event_id, extra=extra,
+            policy_rev=self.revision, lists_rev=self.lists_version, notice=self.notice,
+            event_id=event_id, extra=extra,
         )  # fmt: skip
 
     def _check_host_level(

@@ -160,8 +160,14 @@ def _subject(record: dict[str, Any], request: Request, found: list[str]) -> list
     return [f"url.{key}" for key in cut]
 
 
-def _aupguard(
-    decision: Decision, client: Client, event_id: str, policy_rev: str, notice: Notice
+def _aupguard(  # noqa: PLR0913  (the record's own inputs, passed on)
+    decision: Decision,
+    client: Client,
+    event_id: str,
+    notice: Notice,
+    *,
+    policy_rev: str,
+    lists_rev: str | None,
 ) -> dict[str, Any]:
     """Return the fields ECS has no name for."""
     fields: dict[str, Any] = {
@@ -172,6 +178,7 @@ def _aupguard(
         "schedule": decision.schedule,
         "reference_id": event_id,
         "policy_version": policy_rev,
+        "lists_version": lists_rev,
         "notice_version": notice.version,
         "reason_label": decision.reason_label,
         "matched": [_match(m) for m in decision.classification.matches],
@@ -220,10 +227,14 @@ def build_record(  # noqa: PLR0913 the inputs are named, keyword-only and all ne
     now: float,
     policy_rev: str,
     notice: Notice,
+    lists_rev: str | None = None,
     event_id: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the one record of one decision: JSON-ready, ECS names, redacted (docs/records.md)."""
+    """Build the one record of one decision: JSON-ready, ECS names, redacted (docs/records.md).
+
+    `lists_rev` is the category lists' version (`index.lists_version`); None when unknown.
+    """
     eid = event_id or new_event_id(now)
     categories, observer = _SOURCES[request.source]
     action, event_type = _ACTIONS[decision.action]
@@ -247,7 +258,9 @@ def build_record(  # noqa: PLR0913 the inputs are named, keyword-only and all ne
     truncated = _subject(record, request, found)
     record["rule"] = {"name": decision.rule, "ruleset": decision.layer}
     record["observer"] = {"type": observer, "product": "aupguard"}
-    record["aupguard"] = _aupguard(decision, client, eid, policy_rev, notice)
+    record["aupguard"] = _aupguard(
+        decision, client, eid, notice, policy_rev=policy_rev, lists_rev=lists_rev
+    )
     if found:
         record["aupguard"]["redacted"] = list(dict.fromkeys(found))
     if truncated:

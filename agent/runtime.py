@@ -83,7 +83,8 @@ class Runtime:
             RELOADS.labels("ok").inc()
             self.loaded_at = time.time()
             self.last_error = None
-        log.info("reloaded", revision=fresh.revision, previous=old.revision)
+        log.info("reloaded", revision=fresh.revision, previous=old.revision,
+                 lists_version=fresh.lists_version, previous_lists=old.lists_version)  # fmt: skip
         for listener in self._listeners:
             listener(fresh)
         return ReloadResult(ok=True, revision=fresh.revision)

@@ -7,9 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from agent import index as index_module
 from agent.classifier import Classifier
 from agent.errors import ListRejected
-from agent.index import KEEP_BUILDS, build_index, load_index, open_index, open_latest
+from agent.index import (
+    KEEP_BUILDS,
+    build_index,
+    lists_version,
+    load_index,
+    open_index,
+    open_latest,
+)
+from agent.lists import ListFormat, ListSource
 from tests.agent.test_classifier import make_index, write_lists
 
 # --- index file: cache, rebuild, swap --------------------------------------------------------
@@ -123,3 +132,69 @@ def test_index_file_is_compact(tmp_path: Path) -> None:
     names = "".join(f"host{i}.example{i % 97}.com\n" for i in range(20000))
     index = make_index(tmp_path, {"c": names})
     assert (index.path.stat().st_size - 4096) / 20000 < 40
+
+
+# --- lists version: what the lists say, named in every record ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        ("nothing", True),
+        ("the lists' folder", True),  # copied elsewhere: the same lists
+        ("one entry", False),
+        ("a list's category", False),
+        ("a list's format", False),
+        ("a UT1 folder's urls file", False),
+    ],
+)
+def test_lists_version_follows_content_not_paths(tmp_path: Path, change: str, same: bool) -> None:
+    """Equal for the same categories, formats and bytes; different when any of them differ."""
+
+    def sources(folder: Path, entry: str = "x.com", category: str = "games",
+                fmt: ListFormat = ListFormat.AUTO, urls: str = "") -> list[ListSource]:  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "list.txt").write_text(f"{entry}\n")
+        (folder / "ut1").mkdir(exist_ok=True)
+        (folder / "ut1" / "domains").write_text("y.com\n")
+        (folder / "ut1" / "urls").write_text(urls)
+        return [ListSource(category, folder / "list.txt", fmt, "list.txt"),
+                ListSource("vpn", folder / "ut1", ListFormat.UT1, "ut1")]  # fmt: skip
+
+    base = lists_version(sources(tmp_path / "a"))
+    other = {
+        "nothing": lambda: sources(tmp_path / "a"),
+        "the lists' folder": lambda: sources(tmp_path / "b"),
+        "one entry": lambda: sources(tmp_path / "a", entry="z.com"),
+        "a list's category": lambda: sources(tmp_path / "a", category="webmail"),
+        "a list's format": lambda: sources(tmp_path / "a", fmt=ListFormat.DOMAINS),
+        "a UT1 folder's urls file": lambda: sources(tmp_path / "a", urls="y.com/p\n"),
+    }[change]()
+    assert base.startswith("sha256:")
+    assert (lists_version(other) == base) is same
+
+
+def test_index_carries_its_lists_version(tmp_path: Path) -> None:
+    """A build stores the version of the lists it was built from, and a new list a new one."""
+    sources = write_lists(tmp_path / "lists", {"games": "x.com\n"})
+    first = load_index(sources, tmp_path / "cache")
+    assert first.lists_version == lists_version(sources)
+    write_lists(tmp_path / "lists", {"games": "x.com\ny.com\n"})
+    second = load_index(sources, tmp_path / "cache")
+    assert second.lists_version == lists_version(sources) != first.lists_version
+
+
+def test_a_build_without_lists_version_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build from before lists versions is redone at load, so records never lack one;
+    it still serves as the last good build."""
+    sources = write_lists(tmp_path / "lists", {"games": "x.com\n"})
+    with monkeypatch.context() as m:
+        m.setattr(index_module, "lists_version", lambda _sources: None)
+        old = load_index(sources, tmp_path / "cache")
+    assert old.lists_version is None
+    last = open_latest(tmp_path / "cache")
+    assert last is not None
+    assert last.lists_version is None
+    assert load_index(sources, tmp_path / "cache").lists_version == lists_version(sources)

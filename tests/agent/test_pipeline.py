@@ -209,6 +209,21 @@ def test_reload_swaps_only_on_success(config_path: Path) -> None:
     assert first.evaluate("10.1.1.1", "https://www.ebay.com/").decision.action is Action.ALLOW
 
 
+def test_records_name_the_lists_a_list_only_reload_brings(config_path: Path) -> None:
+    """A list update changes no config file: the records' lists version tells it apart."""
+    runtime = Runtime(config_path)
+    first = runtime.engine
+    before = first.record(first.evaluate("10.1.1.1", "https://www.ebay.com/"), 1.8e9)
+    (config_path.parent / "lists" / "shopping.txt").write_text("amazon.com\nebay.com\n")
+    assert runtime.reload().ok
+    fresh = runtime.engine
+    after = fresh.record(fresh.evaluate("10.1.1.1", "https://www.ebay.com/"), 1.8e9)
+    assert after["aupguard"]["policy_version"] == before["aupguard"]["policy_version"]
+    assert before["aupguard"]["lists_version"] == first.classifier.index.lists_version
+    assert after["aupguard"]["lists_version"] == fresh.classifier.index.lists_version
+    assert after["aupguard"]["lists_version"] != before["aupguard"]["lists_version"]
+
+
 def test_rejected_list_falls_back_to_last_good_index(config_path: Path) -> None:
     """A list over its error budget does not stop the gateway: the last good index is used."""
     first = Engine.load(config_path)

@@ -68,6 +68,7 @@ def record_for(
         decision=decision(action),
         now=NOW,
         policy_rev="sha256:0123456789abcdef",
+        lists_rev="sha256:fedcba9876543210",
         notice=NOTICE,
         **kw,
     )
@@ -192,6 +193,7 @@ def test_record_provenance() -> None:
         "schedule": "business-hours",
         "reference_id": "01h2x",
         "policy_version": "sha256:0123456789abcdef",
+        "lists_version": "sha256:fedcba9876543210",
         "notice_version": NOTICE.version,
         "reason_label": "category",
         "matched": [
