@@ -478,7 +478,7 @@ def target_lines(results: list[dict], base: dict, *, synthetic: bool) -> list[st
             continue
         ratio = r["qps"] / base["qps"]
         out.append(
-            f"records={mode:<8} qps {ratio:.2f}x >= {QPS_TARGETS[mode]}x {verdict(ratio >= QPS_TARGETS[mode])};"
+            f"records={mode:<8} qps {ratio:.3f}x >= {QPS_TARGETS[mode]}x {verdict(ratio >= QPS_TARGETS[mode])};"
             f" p99 {r['p99_ms']:.3f} <= {P99_MS} ms {verdict(r['p99_ms'] <= P99_MS)}"
             f" (unbound {base['p99_ms']:.3f}{floor_p99});"
             f" ready {r['ready_s']:.2f} <= {READY_S} s {verdict(r['ready_s'] <= READY_S)}"
