@@ -10,6 +10,10 @@ error), so they still promise every record.
 Files are created 0640 whatever the umask, and given to the reviewers' `group` when one is
 configured. Rotated files older than `retention_days` (by modification time, i.e. their
 newest record) are deleted at each rotation and on open.
+
+An active file moved or deleted by something else (an external logrotate, a hand) is noticed
+before the next batch: it is closed where it went, a new active file is started under the
+name, and `records.file_replaced` is logged once; records keep going to the name.
 """
 
 from __future__ import annotations
@@ -76,24 +80,28 @@ class RotatingFileSink:
         self._syncer: ThreadPoolExecutor | None = None  # fsyncs rotated files, made at need
         self._syncing: Future[None] | None = None  # the last rotated file's fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._sink, self._size, self._window = self._open()
+        self._sink, self._size, self._window, self._ident = self._open()
         self._expire()
 
     def _bucket(self, t: float) -> int:
         return int(t // self._max_seconds) if self._max_seconds > 0 else 0
 
-    def _open(self) -> tuple[JsonLinesFileSink, int, int]:
+    def _open(self) -> tuple[JsonLinesFileSink, int, int, tuple[int, int]]:
+        """The active file's sink, size, time window and (device, inode)."""
         existed = self.path.exists()
         sink = JsonLinesFileSink(self.path, mode=MODE)
-        st = self.path.stat()
+        st = sink.stat()
         if self._gid >= 0 and st.st_gid != self._gid:
             os.chown(self.path, -1, self._gid)
             self.path.chmod(MODE)  # chown may clear bits on some systems; keep 0640
         window = self._bucket(st.st_mtime if existed and st.st_size else self._clock())
-        return sink, st.st_size, window
+        return sink, st.st_size, window, (st.st_dev, st.st_ino)
 
     def write_lines(self, lines: list[str]) -> None:
-        """Append the batch, rotating first when the file is full or its window has passed."""
+        """Append the batch, rotating first when the file is full or its window has passed.
+
+        A new active file is started first if the name no longer leads to the open one.
+        """
         if not lines:
             return
         if self._size and (
@@ -101,8 +109,30 @@ class RotatingFileSink:
             or (self._max_bytes > 0 and self._size >= self._max_bytes)
         ):
             self.rotate()
+        elif self._replaced():
+            self._reopen()
         self._sink.write_lines(lines)
-        self._size = self.path.stat().st_size
+        self._size = self._sink.stat().st_size
+
+    def _replaced(self) -> bool:
+        """True when the active name is gone or names another file than the open one."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ident
+
+    def _reopen(self) -> None:
+        """Close the open file where it went (synced by the helper) and start a new one."""
+        _log.warning(
+            "records.file_replaced",
+            path=str(self.path),
+            detail="the active records file was moved or deleted by something other than "
+            "aupguard; a new one is started (records.rotate_bytes / rotate_seconds rotate "
+            "it without losing a record)",
+        )
+        self._hand_to_syncer(self._sink.detach(), None)
+        self._sink, self._size, self._window, self._ident = self._open()
 
     def rotate(self) -> Path:
         """Rename the active file with its UTC time and open a new one; the new name.
@@ -115,16 +145,20 @@ class RotatingFileSink:
             target = self.path.with_name(f"{self.path.stem}-{stamp}-{n:04d}{self.path.suffix}")
             if not target.exists():
                 break
+        self._hand_to_syncer(self._sink.detach(), target)
+        self.path.rename(target)
+        self.rotations += 1
+        self._sink, self._size, self._window, self._ident = self._open()
+        self._expire()
+        return target
+
+    def _hand_to_syncer(self, fd: int, target: Path | None) -> None:
+        """Have the helper thread sync and close `fd` (renamed to `target`, if given)."""
         if self._syncing is not None:
             wait([self._syncing])  # its failure is logged by the task; flush/close raise it
         if self._syncer is None:
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="aupguard-records-sync")
-        self._syncing = self._syncer.submit(_sync_rotated, self._sink.detach(), target)
-        self.path.rename(target)
-        self.rotations += 1
-        self._sink, self._size, self._window = self._open()
-        self._expire()
-        return target
+        self._syncing = self._syncer.submit(_sync_rotated, fd, target or self.path)
 
     def _expire(self) -> None:
         """Delete rotated files whose newest record is older than the retention period."""

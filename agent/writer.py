@@ -74,6 +74,12 @@ class JsonLinesFileSink:
         if lines:
             _write_all(self._fd, "\n".join([*lines, ""]).encode())  # one copy less than + "\n"
 
+    def stat(self) -> os.stat_result:
+        """The open file's status, wherever its name has gone since."""
+        if self._fd is None:
+            raise ValueError(f"{self.path}: stat after close")
+        return os.fstat(self._fd)
+
     def flush(self) -> None:
         """Make the lines durable (fsync)."""
         if self._fd is not None:

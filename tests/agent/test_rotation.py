@@ -155,6 +155,32 @@ def test_a_failed_sync_of_a_rotated_file_is_logged_and_raised_at_flush(
     assert ids == ["e12", "e13"]
 
 
+@pytest.mark.parametrize("done_to_it", ["moved", "deleted"])
+def test_an_active_file_moved_or_deleted_by_another_is_replaced(
+    tmp_path: Path, done_to_it: str
+) -> None:
+    """Something else (logrotate, a hand) takes the active file: the next batch goes to a new
+    file under the name, with one warning, and no sink error per batch."""
+    path = tmp_path / "records.jsonl"
+    sink = RotatingFileSink(path, clock=Clock())
+    sink.write_lines(lines(2))
+    if done_to_it == "moved":
+        path.rename(tmp_path / "elsewhere.jsonl")
+    else:
+        path.unlink()
+    with capture_logs() as logs:
+        sink.write_lines(lines(2, 2))
+        sink.write_lines(lines(2, 4))
+    assert [e["event"] for e in logs] == ["records.file_replaced"]
+    sink.close()
+    ids = [json.loads(x)["event"]["id"] for x in path.read_text().splitlines()]
+    assert ids == ["e2", "e3", "e4", "e5"]
+    if done_to_it == "moved":
+        kept = (tmp_path / "elsewhere.jsonl").read_text().splitlines()
+        assert [json.loads(x)["event"]["id"] for x in kept] == ["e0", "e1"]
+    assert sink.rotations == 0
+
+
 def test_time_rotation_at_window_boundary(tmp_path: Path) -> None:
     """A new UTC day starts a new file, also after a restart."""
     clock = Clock()
