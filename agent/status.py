@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.cli import command
 from agent.config import display_path, load_config
 from agent.gateway import read_state, runtime_dir
+from agent.index import lists_version
 from agent.records import notice_version
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class Status:
 
     policy_revision: str
     notice_version: str
+    lists_version: str
     layers: list[str]
     running: dict[str, Any] | None
     lists: list[ListStatus]
@@ -104,11 +106,13 @@ def holiday_warnings(years: set[int], today: dt.date) -> list[str]:
 def collect(config: Config, now: float, state: dict[str, Any] | None) -> Status:
     """Build the status report for `config` at `now` with the supervisor's `state`."""
     today = dt.datetime.fromtimestamp(now, config.timezone).date()
-    lists = [list_status(s, now) for s in config.list_sources()]
+    sources = config.list_sources()
+    lists = [list_status(s, now) for s in sources]
     years = {h.date.year for h in config.holidays}
     status = Status(
         policy_revision=config.revision,
         notice_version=notice_version(config.notice_text()),
+        lists_version=lists_version(sources),
         layers=[layer.name for layer in config.layers],
         running=state,
         lists=lists,
@@ -151,6 +155,7 @@ def render(status: Status) -> str:
     """The human-readable report."""
     out = [f"policy   {status.policy_revision} ({' > '.join(status.layers)})"]
     out.append(f"notice   {status.notice_version}")
+    out.append(f"lists    {status.lists_version} (of the list files on disk)")
     if status.running:
         started = dt.datetime.fromtimestamp(float(status.running.get("started", 0)), dt.UTC)
         out.append(

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from agent import status
 from agent.config import load_config
+from agent.index import lists_version
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC).timestamp()
 
@@ -118,6 +119,8 @@ def test_render_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     text = status.render(collect(tmp_path, state=state))
     assert "policy   sha256:" in text
     assert "notice   sha256:" in text
+    sources = load_config(tmp_path / "policy.yaml").list_sources()
+    assert f"lists    {lists_version(sources)} " in text  # what the records will carry
     assert "reloaded 2026-11-23 12:00Z" in text
     assert "dns        pid 7 on 127.0.0.1:5353 restarts 1" in text
     args = argparse.Namespace(config=tmp_path / "policy.yaml", json=True)
