@@ -146,8 +146,7 @@ class ChainSink:
             out.append(chained)
             seq += 1
         self._seq, self._prev = seq, prev
-        for sink in self._sinks:
-            sink.write_lines(out)
+        _each(self._sinks, lambda sink: sink.write_lines(out))
         if self._clock() - self._last_ship >= self._interval:
             self.ship_head()
 
@@ -165,15 +164,32 @@ class ChainSink:
 
     def flush(self) -> None:
         """Flush downstream sinks, then ship the head (the head never runs ahead of the files)."""
-        for sink in self._sinks:
-            sink.flush()
+        _each(self._sinks, lambda sink: sink.flush())
         self.ship_head()
 
     def close(self) -> None:
         """Flush, ship the head, close downstream sinks (the owner closes head sinks)."""
-        self.flush()
-        for sink in self._sinks:
-            sink.close()
+        try:
+            self.flush()
+        finally:
+            _each(self._sinks, lambda sink: sink.close())
+
+
+def _each(sinks: Sequence[RecordSink], call: Callable[[RecordSink], None]) -> None:
+    """Call `call` on every sink, also after one fails; then raise the failure(s).
+
+    A full disk under the records file must not stop the collector's copy.
+    """
+    failed: list[Exception] = []
+    for sink in sinks:
+        try:
+            call(sink)
+        except Exception as e:  # noqa: BLE001  (raised below, after the other sinks)
+            failed.append(e)
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise ExceptionGroup("record sinks failed", failed)
 
 
 def read_last_head(path: str | os.PathLike[str]) -> ChainHead | None:

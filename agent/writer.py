@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from agent.logs import get_logger
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 _log = get_logger(__name__)
+NEWLINE = ord("\n")
 IDLE_TICK = 1.0  # seconds between an idle writer's calls of `tick`
 BUSY_TICK = 0.02  # the same while `tick` has more to do (a spool to deliver)
 
@@ -66,13 +68,29 @@ class JsonLinesFileSink:
         except FileExistsError:
             fd = os.open(self.path, flags, mode)
         self._fd: int | None = fd
+        self._torn = False  # a failed write left part of a line: end it before the next
 
     def write_lines(self, lines: list[str]) -> None:
-        """Append the batch as whole lines and hand it to the OS."""
+        """Append the batch as whole lines and hand it to the OS.
+
+        A write that fails part way (a full disk) raises and leaves a torn line; the next
+        batch ends it first, so that it is one bad line and the records after it parse.
+        """
         if self._fd is None:
             raise ValueError(f"{self.path}: write after close")
-        if lines:
-            _write_all(self._fd, "\n".join([*lines, ""]).encode())  # one copy less than + "\n"
+        if not lines:
+            return
+        data = "\n".join(["", *lines, ""] if self._torn else [*lines, ""]).encode()
+        rest = memoryview(data)
+        try:
+            while rest:  # a short write (a signal, a nearly full disk): write the rest
+                rest = rest[os.write(self._fd, rest) :]
+        except OSError:
+            sent = len(data) - len(rest)
+            if sent:
+                self._torn = data[sent - 1] != NEWLINE
+            raise
+        self._torn = False
 
     def stat(self) -> os.stat_result:
         """The open file's status, wherever its name has gone since."""
@@ -108,13 +126,6 @@ def sync_and_close(fd: int, *, drop_cache: bool = False) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of `data`, finishing a short write (a signal, a nearly full disk)."""
-    rest = memoryview(data)
-    while rest:
-        rest = rest[os.write(fd, rest) :]
-
-
 class MemorySink:
     """Keep lines in memory (tests, `aupguard classify`)."""
 
@@ -144,6 +155,20 @@ class MemorySink:
 
 
 _CLOSE = object()
+FAILING_LOG_INTERVAL = 60.0  # seconds between a failing sink's summary log lines
+
+
+@dataclass(slots=True)
+class _Episode:
+    """A sink failing since `since`: its failed calls and the lines handed to them.
+
+    A chain sink's failed call may still have reached some of its downstream sinks.
+    """
+
+    since: float
+    logged: float
+    calls: int
+    lines: int
 
 
 class RecordWriter:
@@ -186,6 +211,7 @@ class RecordWriter:
         self.dropped = 0  # queue full, unserialisable, or written after close
         self.written = 0  # lines handed to the sinks
         self.sink_errors = 0
+        self._failing: dict[str, _Episode] = {}  # sinks failing now, by class name
         self._thread = threading.Thread(target=self._run, name="aupguard-records", daemon=True)
         self._thread.start()
 
@@ -285,10 +311,10 @@ class RecordWriter:
         try:
             more = self._tick() if self._tick is not None else False
         except Exception:  # noqa: BLE001 a failing sink must not end the thread
-            self.sink_errors += 1
-            RECORD_SINK_ERRORS.labels("tick").inc()
-            _log.exception("records.sink_failed", call="tick")
+            self._failed("tick", "tick", 0)
             more = False
+        else:
+            self._recovered("tick")
         return BUSY_TICK if more else IDLE_TICK
 
     def _handle(self, batch: list[object]) -> bool:
@@ -348,12 +374,45 @@ class RecordWriter:
 
     def _call_sinks(self, method: str, *args: object) -> None:
         for sink in self._sinks:
+            name = type(sink).__name__
             try:
                 getattr(sink, method)(*args)
             except Exception:  # noqa: BLE001 a failing sink must not stop the others or the thread
-                self.sink_errors += 1
-                RECORD_SINK_ERRORS.labels(type(sink).__name__).inc()
-                _log.exception("records.sink_failed", sink=type(sink).__name__, call=method)
+                lines = len(args[0]) if args and isinstance(args[0], list) else 0
+                self._failed(name, method, lines)
+            else:
+                if method == "write_lines":  # a flush may pass while writes fail (a full disk)
+                    self._recovered(name)
+
+    def _failed(self, sink: str, call: str, lines: int) -> None:
+        """Count a failed sink call; log the first of an episode, then once a minute.
+
+        A full disk fails every batch: a traceback for each would flood the journal (often
+        on that disk), so later failures are counted and summed up in the log.
+        """
+        self.sink_errors += 1
+        RECORD_SINK_ERRORS.labels(sink).inc()
+        now = time.monotonic()
+        episode = self._failing.get(sink)
+        if episode is None:
+            self._failing[sink] = _Episode(since=now, logged=now, calls=1, lines=lines)
+            _log.exception("records.sink_failed", sink=sink, call=call, failed_lines=lines)
+            return
+        episode.calls += 1
+        episode.lines += lines
+        if now - episode.logged >= FAILING_LOG_INTERVAL:
+            episode.logged = now
+            _log.error("records.sink_still_failing", sink=sink, call=call,
+                       failed_calls=episode.calls, failed_lines=episode.lines,
+                       seconds=round(now - episode.since, 1))  # fmt: skip
+
+    def _recovered(self, sink: str) -> None:
+        """End a failure episode of `sink`, saying what it cost."""
+        episode = self._failing.pop(sink, None)
+        if episode is not None:
+            _log.warning("records.sink_recovered", sink=sink, failed_calls=episode.calls,
+                         failed_lines=episode.lines,
+                         seconds=round(time.monotonic() - episode.since, 1))  # fmt: skip
 
     def _count_drops(self) -> None:
         """Add the drops since the last batch to the metric.

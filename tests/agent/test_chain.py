@@ -204,3 +204,27 @@ def test_logs_verify_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["logs", "verify", "--key", str(key), *map(str, paths)]) == 1
     assert "records-0.jsonl:4: modified" in capsys.readouterr().out
     assert main(["logs", "verify", *map(str, paths)]) == 2
+
+
+class BrokenDisk(MemorySink):
+    """A records file on a full disk: every write and flush fails."""
+
+    def write_lines(self, lines: list[str]) -> None:
+        raise OSError(28, f"No space left on device ({len(lines)} lines)")
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("call", ["write_lines", "flush", "close"])
+def test_a_failing_file_does_not_stop_the_chain_reaching_the_others(call: str) -> None:
+    """A full disk under the file must not keep the lines, flush or close from the collector's
+    sink; the failure is still raised to the writer, which logs and counts it."""
+    shipped, heads = MemorySink(), MemorySink()
+    chain = ChainSink(KEY, [BrokenDisk(), shipped], head_sinks=[heads])
+    args = ([json.dumps({"n": 1})],) if call == "write_lines" else ()
+    with pytest.raises(OSError, match="No space"):
+        getattr(chain, call)(*args)
+    assert len(shipped.lines) == (call == "write_lines")
+    assert shipped.flushes == (call in ("flush", "close"))
+    assert shipped.closed is (call == "close")

@@ -250,3 +250,56 @@ def test_file_sink_finishes_short_writes_in_order(
 def test_encode(record: dict[str, Any], expected: str) -> None:
     """Records encode compactly as UTF-8 JSON; sets sort, unknown types become strings."""
     assert encode(record) == expected
+
+
+class FullDisk:
+    """`os.write` in agent.writer on a disk with `room` bytes left (None: room again)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+        self.room: int | None = room
+        self._write = os.write
+        monkeypatch.setattr("agent.writer.os.write", self)
+
+    def __call__(self, fd: int, data: Any) -> int:
+        if self.room is None:
+            return self._write(fd, data)
+        if self.room <= 0:
+            raise OSError(28, "No space left on device")
+        sent = self._write(fd, bytes(data[: self.room]))
+        self.room -= sent
+        return sent
+
+
+@pytest.mark.parametrize(("interval", "summaries"), [(60.0, 0), (0.0, 17)])
+def test_a_full_disk_is_logged_once_per_episode_and_leaves_one_bad_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float, summaries: int
+) -> None:
+    """Every batch fails on a full disk: one traceback, a summary a minute at most, and one
+    line saying what it cost when writes work again. The line the disk cut short is ended
+    before the next batch, so the records after it parse."""
+    monkeypatch.setattr("agent.writer.FAILING_LOG_INTERVAL", interval)
+    disk = FullDisk(monkeypatch, room=150)  # the third record is cut short
+    sink = JsonLinesFileSink(tmp_path / "r.jsonl")
+    with capture_logs() as logs, RecordWriter([sink]) as writer:
+        for n in range(20):
+            writer.write({"n": n, "pad": "x" * 40})
+            assert writer.flush(5)
+        disk.room = None
+        writer.write({"n": "after"})
+        assert writer.flush(5)
+    events = [e["event"] for e in logs if e["event"].startswith("records.sink")]
+    assert events == [
+        "records.sink_failed",
+        *["records.sink_still_failing"] * summaries,
+        "records.sink_recovered",
+    ]
+    recovered = next(e for e in logs if e["event"] == "records.sink_recovered")
+    assert (recovered["failed_calls"], recovered["failed_lines"]) == (18, 18)
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line)["n"])
+        except ValueError:
+            parsed.append("torn")
+    assert parsed == [0, 1, "torn", "after"]
