@@ -32,6 +32,7 @@ __all__ = ["RotatingFileSink", "rotated_files"]
 
 MODE = 0o640
 DAY = 86_400
+_Active = tuple[JsonLinesFileSink, int, int, tuple[int, int]]  # sink, size, window, (dev, ino)
 
 _log = get_logger(__name__)
 
@@ -86,7 +87,7 @@ class RotatingFileSink:
     def _bucket(self, t: float) -> int:
         return int(t // self._max_seconds) if self._max_seconds > 0 else 0
 
-    def _open(self) -> tuple[JsonLinesFileSink, int, int, tuple[int, int]]:
+    def _open(self) -> _Active:
         """The active file's sink, size, time window and (device, inode)."""
         existed = self.path.exists()
         sink = JsonLinesFileSink(self.path, mode=MODE)
@@ -101,16 +102,18 @@ class RotatingFileSink:
         """Append the batch, rotating first when the file is full or its window has passed.
 
         A new active file is started first if the name no longer leads to the open one.
+        A rotation or reopen that fails (a full disk) raises and leaves the open file in
+        place: the next batch tries again.
         """
         if not lines:
             return
-        if self._size and (
+        if self._replaced():
+            self._reopen()
+        elif self._size and (
             self._bucket(self._clock()) != self._window
             or (self._max_bytes > 0 and self._size >= self._max_bytes)
         ):
             self.rotate()
-        elif self._replaced():
-            self._reopen()
         self._sink.write_lines(lines)
         self._size = self._sink.stat().st_size
 
@@ -123,16 +126,15 @@ class RotatingFileSink:
         return (st.st_dev, st.st_ino) != self._ident
 
     def _reopen(self) -> None:
-        """Close the open file where it went (synced by the helper) and start a new one."""
+        """Start a new active file under the name; the open one is closed where it went."""
+        self._switch(self._open(), self.path)
         _log.warning(
             "records.file_replaced",
             path=str(self.path),
-            detail="the active records file was moved or deleted by something other than "
-            "aupguard; a new one is started (records.rotate_bytes / rotate_seconds rotate "
-            "it without losing a record)",
+            detail="the active records file was gone (moved or deleted by something other "
+            "than aupguard, or a rotation that could not create its new file); a new one is "
+            "started. Use records.rotate_bytes / rotate_seconds, not logrotate",
         )
-        self._hand_to_syncer(self._sink.detach(), None)
-        self._sink, self._size, self._window, self._ident = self._open()
 
     def rotate(self) -> Path:
         """Rename the active file with its UTC time and open a new one; the new name.
@@ -145,20 +147,23 @@ class RotatingFileSink:
             target = self.path.with_name(f"{self.path.stem}-{stamp}-{n:04d}{self.path.suffix}")
             if not target.exists():
                 break
-        self._hand_to_syncer(self._sink.detach(), target)
-        self.path.rename(target)
+        self.path.rename(target)  # the open file goes on under its new name
+        self._switch(self._open(), target)  # if this fails, the next batch reopens the name
         self.rotations += 1
-        self._sink, self._size, self._window, self._ident = self._open()
         self._expire()
         return target
 
-    def _hand_to_syncer(self, fd: int, target: Path | None) -> None:
-        """Have the helper thread sync and close `fd` (renamed to `target`, if given)."""
+    def _switch(self, fresh: _Active, old: Path) -> None:
+        """Make `fresh` (from `_open`) the active file; the old one is synced and closed.
+
+        By the helper thread, which also syncs the directory of `old`, where it now is.
+        """
         if self._syncing is not None:
             wait([self._syncing])  # its failure is logged by the task; flush/close raise it
         if self._syncer is None:
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="aupguard-records-sync")
-        self._syncing = self._syncer.submit(_sync_rotated, fd, target or self.path)
+        self._syncing = self._syncer.submit(_sync_rotated, self._sink.detach(), old)
+        self._sink, self._size, self._window, self._ident = fresh
 
     def _expire(self) -> None:
         """Delete rotated files whose newest record is older than the retention period."""

@@ -181,6 +181,36 @@ def test_an_active_file_moved_or_deleted_by_another_is_replaced(
     assert sink.rotations == 0
 
 
+@pytest.mark.parametrize("when", ["rotating", "replacing a deleted file"])
+def test_a_new_file_that_cannot_be_created_is_tried_again_next_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """A full disk refuses the new active file once: that batch fails (the writer counts
+    it), the next one creates the file and the sink goes on (it used to stop for good)."""
+    path = tmp_path / "records.jsonl"
+    sink = RotatingFileSink(path, max_bytes=1000, clock=Clock())
+    sink.write_lines(lines(12))  # over max_bytes: the next batch rotates
+    if when != "rotating":
+        sink = RotatingFileSink(path, clock=Clock())
+        path.unlink()
+    real_open, refusals = os.open, [1]
+
+    def full_disk_once(name: str, flags: int, mode: int = 0o777) -> int:
+        if name == str(path) and refusals[0]:
+            refusals[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(name, flags, mode)
+
+    monkeypatch.setattr("agent.writer.os.open", full_disk_once)
+    with pytest.raises(OSError, match="No space"):
+        sink.write_lines(lines(1, 12))
+    sink.write_lines(lines(1, 13))
+    sink.write_lines(lines(1, 14))
+    sink.close()
+    ids = [json.loads(x)["event"]["id"] for x in path.read_text().splitlines()]
+    assert ids == ["e13", "e14"]
+
+
 def test_time_rotation_at_window_boundary(tmp_path: Path) -> None:
     """A new UTC day starts a new file, also after a restart."""
     clock = Clock()
