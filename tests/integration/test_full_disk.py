@@ -1,0 +1,108 @@
+"""A full disk under the records file, for real: `aupguard dns` answering while a tmpfs fills.
+
+Needs root to mount a small tmpfs; skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.integration.conftest import DnsUpstream, dns_start, dns_write_config
+
+pytestmark = pytest.mark.integration
+HOST = "127.0.0.1"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, unmounted afterwards."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("FULL-DISK TEST SKIPPED: mounting a tmpfs needs root and mount(8)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(disk)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if mounted.returncode:
+        pytest.skip(f"FULL-DISK TEST SKIPPED: mount failed: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], timeout=30, check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A filler file taking all but about `leave` bytes of the disk."""
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    size = st.f_bavail * st.f_frsize - leave
+    with filler.open("wb") as f:
+        f.write(b"\0" * max(size, 0))
+    return filler
+
+
+def blocked(port: int, name: str) -> None:
+    reply = dns.query.udp(dns.message.make_query(name, "A"), HOST, port=port, timeout=3)
+    assert reply.rcode() == dns.rcode.NXDOMAIN, name
+
+
+def test_a_full_records_disk_neither_stops_answers_nor_floods_the_log(
+    dns_upstream: DnsUpstream, tmp_path: Path, small_disk: Path
+) -> None:
+    """The filter keeps answering while its records file cannot grow; the log says so once
+    (not per batch) and again when space is back; the records written after that parse."""
+    config = dns_write_config(tmp_path / "cfg")
+    text = config.read_text().replace(
+        'records:\n  notice: {text: "We monitor."}',
+        f'records:\n  notice: {{text: "We monitor."}}\n  file: {small_disk / "records.jsonl"}',
+    )
+    assert "file:" in text
+    config.write_text(text)
+    filler = fill(small_disk, leave=6000)
+    server = dns_start(config, "--listen", f"{HOST}:0", "--upstream", f"{HOST}:{dns_upstream.port}")
+    output = list(server.output)
+    reader = threading.Thread(target=lambda: output.extend(server.proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        for n in range(300):  # ~700 bytes of record each: the disk is full after ~10
+            blocked(server.port, f"before{n}.blocked.test")
+            if n % 20 == 0:
+                time.sleep(0.01)  # let the writer take batches, each of which fails
+        time.sleep(0.5)
+        filler.unlink()
+        for n in range(20):
+            blocked(server.port, f"after{n}.blocked.test")
+        time.sleep(1.5)  # the writer lingers 1 ms; a second is ample for 20 records
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(20) == 0
+    finally:
+        server.stop()
+    reader.join(5)
+    events = [json.loads(line).get("event") for line in output if line.startswith("{")]
+    sink_events = [e for e in events if e and e.startswith("records.sink")]
+    assert sink_events == ["records.sink_failed", "records.sink_recovered"], sink_events
+    lines = (small_disk / "records.dns.jsonl").read_text().splitlines()
+    names = []
+    for line in lines[:-20]:
+        try:
+            names.append(json.loads(line)["dns"]["question"]["name"])
+        except ValueError:
+            names.append("torn")
+    assert names.count("torn") <= 1
+    assert names[0] == "before0.blocked.test"
+    after = [json.loads(line)["dns"]["question"]["name"] for line in lines[-20:]]
+    assert after == [f"after{n}.blocked.test" for n in range(20)]
