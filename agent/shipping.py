@@ -156,22 +156,36 @@ class Spool:
         return self.offset < self.size
 
     def append(self, lines: list[str]) -> int:
-        """Append lines in order until full; the number accepted."""
-        accepted = 0
-        chunks: list[bytes] = []
+        """Append lines in order until full; the number accepted.
+
+        Written past the file object's buffer, in one go: a write the disk refuses part way
+        (ENOSPC) is cut back off and raised, and the spool stays as it was. A buffered write
+        kept the refused bytes, counted lines that were not there, and made every later
+        read fail too, so that the spool could not even drain.
+        """
+        size, chunks = self.size, []
         for line in lines:
             data = line.encode() + b"\n"
-            if self.full or self.size + len(data) > self.max_bytes:
+            if self.full or size + len(data) > self.max_bytes:
                 self.full = True
                 break
             chunks.append(data)
-            self.size += len(data)
-            accepted += 1
-        self.count += accepted
-        if chunks:
-            self._file.write(b"".join(chunks))
-            self._file.flush()
-        return accepted
+            size += len(data)
+        if not chunks:
+            return 0
+        data = b"".join(chunks)
+        fd = self._file.fileno()
+        rest = memoryview(data)
+        try:
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+        except OSError:
+            if len(rest) < len(data):
+                os.ftruncate(fd, self.size)
+            raise
+        self.size = size
+        self.count += len(chunks)
+        return len(chunks)
 
     @property
     def depth(self) -> int:
@@ -444,7 +458,16 @@ class SyslogSink:
     # --- spool ------------------------------------------------------------------------
 
     def _to_spool(self, lines: list[str]) -> None:
-        accepted = self.spool.append(lines)
+        """Spool `lines`; what it cannot take (full, or on a full disk) is dropped.
+
+        Dropped lines are counted and, under `fail_closed`, suspend enforcement until the
+        spool has drained.
+        """
+        error = None
+        try:
+            accepted = self.spool.append(lines)
+        except OSError as e:  # the disk refused: as lost as lines a full spool refuses
+            accepted, error = 0, str(e)
         self.spooled += accepted
         if not self._alerted and self.spool.size >= self._near_full:
             self._alerted = True
@@ -455,7 +478,7 @@ class SyslogSink:
         if lost:
             if self.dropped == self._reported:  # once per episode; the metric counts each
                 _log.error("records.spool_full", spool=str(self.spool.path),
-                           policy=str(self.policy))  # fmt: skip
+                           policy=str(self.policy), error=error)  # fmt: skip
             self.dropped += lost
             RECORDS_DROPPED.labels("spool").inc(lost)
             if self.policy is SpoolFull.FAIL_CLOSED and not self.fail_closed.is_set():
@@ -486,9 +509,9 @@ class SyslogSink:
             self.spool.clear()
             self._drained = 0
             self._alerted = False
-            if self.fail_closed.is_set():
-                self.fail_closed.clear()
-                _log.warning("records.fail_closed_cleared", spool=str(self.spool.path))
+        if self.fail_closed.is_set():  # also when the disk refused the spool its first line
+            self.fail_closed.clear()
+            _log.warning("records.fail_closed_cleared", spool=str(self.spool.path))
         return self._report_drops()
 
     def _report_drops(self) -> bool:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -275,3 +276,35 @@ def dns_free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --- a small disk that fills up (root: a tmpfs) --------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, unmounted afterwards."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("FULL-DISK TEST SKIPPED: mounting a tmpfs needs root and mount(8)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(disk)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if mounted.returncode:
+        pytest.skip(f"FULL-DISK TEST SKIPPED: mount failed: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], timeout=30, check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A filler file taking all but about `leave` bytes of the disk."""
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    size = st.f_bavail * st.f_frsize - leave
+    with filler.open("wb") as f:
+        f.write(b"\0" * max(size, 0))
+    return filler

@@ -6,13 +6,9 @@ Needs root to mount a small tmpfs; skipped with the reason otherwise.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -20,39 +16,10 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.integration.conftest import DnsUpstream, dns_start, dns_write_config
+from tests.integration.conftest import DnsUpstream, dns_start, dns_write_config, fill
 
 pytestmark = pytest.mark.integration
 HOST = "127.0.0.1"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs, unmounted afterwards."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("FULL-DISK TEST SKIPPED: mounting a tmpfs needs root and mount(8)")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(disk)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if mounted.returncode:
-        pytest.skip(f"FULL-DISK TEST SKIPPED: mount failed: {mounted.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], timeout=30, check=False)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """A filler file taking all but about `leave` bytes of the disk."""
-    filler = disk / "filler"
-    st = os.statvfs(disk)
-    size = st.f_bavail * st.f_frsize - leave
-    with filler.open("wb") as f:
-        f.write(b"\0" * max(size, 0))
-    return filler
 
 
 def blocked(port: int, name: str) -> None:

@@ -30,7 +30,7 @@ from agent.rotation import rotated_files
 from agent.shipping import Spool, SpoolFull, SyslogSink, record_sinks, tls_context
 from agent.writer import RecordWriter
 from tests import pki
-from tests.integration.conftest import jsonl
+from tests.integration.conftest import fill, jsonl
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 pytestmark = pytest.mark.integration
@@ -393,6 +393,38 @@ def test_a_torn_last_line_is_cut_off_when_the_spool_opens(tmp_path: Path) -> Non
     spool.append(['{"n": 3}'])
     assert spool.read(1 << 20)[0] == ['{"n": 0}', '{"n": 1}', '{"n": 3}']
     spool.close()
+
+
+@pytest.mark.parametrize("room", [20_000, 0], ids=["fills-up", "full-from-the-start"])
+def test_a_spool_on_a_full_disk_drops_counts_and_recovers(small_disk: Path, room: int) -> None:
+    """The collector is down and the disk under the spool fills: what the disk refuses is
+    dropped and counted like a full spool's (under fail_closed, enforcement stops); the spool
+    holds whole lines only and still reads, drains once the collector is back, and
+    enforcement resumes. The spool used to count lines it never wrote and then fail every
+    read, so it could not drain."""
+    port = free_port()
+    spool = Spool(small_disk / "syslog.spool", 50 << 20)
+    sink = SyslogSink("127.0.0.1", port, spool=spool, retry_seconds=0.05, timeout=2.0,
+                      policy=SpoolFull.FAIL_CLOSED)  # fmt: skip
+    fill(small_disk, leave=room)
+    for i in range(0, 400, 10):
+        sink.write_lines([json.dumps(record(n)) for n in range(i, i + 10)])
+    assert (sink.spooled > 0) is (room > 0)
+    assert sink.spooled < 400
+    assert sink.dropped == 400 - sink.spooled
+    assert sink.fail_closed.is_set()
+    assert spool.size == (small_disk / "syslog.spool").stat().st_size
+    received = Collector(port)
+    deadline = time.monotonic() + 10
+    while (sink.fail_closed.is_set() or spool.depth) and time.monotonic() < deadline:
+        deliver(sink)  # as the writer ticks while idle, until the collector is reached
+        time.sleep(0.05)
+    assert not sink.fail_closed.is_set()
+    got = received.wait(sink.spooled + 1)
+    received.close()
+    sink.close()
+    assert [r["n"] for r in got[: sink.spooled]] == list(range(sink.spooled))
+    assert got[sink.spooled]["aupguard"]["dropped"] == sink.dropped  # type: ignore[index]
 
 
 def test_a_slow_collector_that_keeps_reading_is_not_dropped(tmp_path: Path) -> None:
