@@ -159,9 +159,8 @@ class Spool:
         """Append lines in order until full; the number accepted.
 
         Written past the file object's buffer, in one go: a write the disk refuses part way
-        (ENOSPC) is cut back off and raised, and the spool stays as it was. A buffered write
-        kept the refused bytes, counted lines that were not there, and made every later
-        read fail too, so that the spool could not even drain.
+        (ENOSPC) is cut back off and raised, and the spool stays as it was (a buffer would
+        keep the refused bytes and fail every later read with them).
         """
         size, chunks = self.size, []
         for line in lines:
