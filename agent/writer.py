@@ -68,7 +68,11 @@ class JsonLinesFileSink:
         except FileExistsError:
             fd = os.open(self.path, flags, mode)
         self._fd: int | None = fd
-        self._torn = False  # a failed write left part of a line: end it before the next
+        # A failed write (a full disk, a crash) left part of a line: end it before the next.
+        self._torn = _ends_inside_a_line(self.path)
+        if self._torn:
+            _log.warning("records.torn_line", path=self.path, detail="the file ends inside a "
+                         "line (a full disk, a crash); it is ended before new records")  # fmt: skip
 
     def write_lines(self, lines: list[str]) -> None:
         """Append the batch as whole lines and hand it to the OS.
@@ -114,6 +118,15 @@ class JsonLinesFileSink:
             raise ValueError(f"{self.path}: detach after close")
         fd, self._fd = self._fd, None
         return fd
+
+
+def _ends_inside_a_line(path: str) -> bool:
+    """True when the file at `path` is not empty and its last byte is no line end."""
+    with open(path, "rb") as f:  # noqa: PTH123  (the sink keeps paths as str)
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def sync_and_close(fd: int, *, drop_cache: bool = False) -> None:

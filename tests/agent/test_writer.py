@@ -303,3 +303,15 @@ def test_a_full_disk_is_logged_once_per_episode_and_leaves_one_bad_line(
         except ValueError:
             parsed.append("torn")
     assert parsed == [0, 1, "torn", "after"]
+
+
+def test_a_file_left_with_a_torn_last_line_is_ended_before_new_records(tmp_path: Path) -> None:
+    """A restart after a full disk or a crash: the first new record is not glued to the tail."""
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"n": 0}\n{"n": 1, "pad": "to')
+    with capture_logs() as logs:
+        sink = JsonLinesFileSink(path)
+    sink.write_lines(['{"n": 2}'])
+    sink.close()
+    assert path.read_text().splitlines() == ['{"n": 0}', '{"n": 1, "pad": "to', '{"n": 2}']
+    assert [e["event"] for e in logs] == ["records.torn_line"]
