@@ -308,6 +308,7 @@ class SyslogSink:
         self._full_queued = 0  # its unsent bytes then
         self._drained = 0  # spool lines sent since it was last emptied or rewound
         self.fail_closed = threading.Event()
+        self._clear_failed = False  # logged once until a clear works again
         self.sent = self.spooled = self.resent = self.dropped = self._reported = 0
         self.near_full_alerts = self.reconnects = 0
 
@@ -505,13 +506,28 @@ class SyslogSink:
         if self.spool.pending:
             return False
         if self.spool.size:
-            self.spool.clear()
-            self._drained = 0
-            self._alerted = False
+            self._clear_spool()
         if self.fail_closed.is_set():  # also when the disk refused the spool its first line
             self.fail_closed.clear()
             _log.warning("records.fail_closed_cleared", spool=str(self.spool.path))
         return self._report_drops()
+
+    def _clear_spool(self) -> None:
+        """Empty the delivered spool; if it cannot be (a read-only disk), log that once.
+
+        It is left as it is: everything in it was sent, so nothing waits on it.
+        """
+        try:
+            self.spool.clear()
+        except OSError as e:
+            if not self._clear_failed:
+                self._clear_failed = True
+                _log.error("records.spool_clear_failed", spool=str(self.spool.path),
+                           error=str(e))  # fmt: skip
+            return
+        self._clear_failed = False
+        self._drained = 0
+        self._alerted = False
 
     def _report_drops(self) -> bool:
         count = self.dropped - self._reported

@@ -248,6 +248,32 @@ def test_spool_full_fail_closed_sets_and_clears_the_flag(tmp_path: Path) -> None
     sink.close()
 
 
+def test_a_spool_that_cannot_be_emptied_still_ends_fail_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spool on a disk gone read-only is delivered but cannot be truncated: that is logged
+    once, and enforcement resumes (it stayed suspended for good, with everything sent)."""
+    port = free_port()
+    sink = sink_to(port, tmp_path, spool_bytes=5_000, policy=SpoolFull.FAIL_CLOSED)
+    sink.write_lines([json.dumps(record(i)) for i in range(50)])
+    assert sink.fail_closed.is_set()
+
+    def read_only() -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(sink.spool, "clear", read_only)
+    received = Collector(port)
+    with capture_logs() as logs:
+        for _ in range(3):
+            deliver(sink)
+    assert not sink.fail_closed.is_set()
+    got = received.wait(sink.spooled + 1)
+    assert got[-1]["aupguard"]["dropped"] == sink.dropped  # type: ignore[index]
+    assert [e["event"] for e in logs].count("records.spool_clear_failed") == 1
+    received.close()
+    sink.close()
+
+
 @pytest.mark.parametrize("policy", list(SpoolFull))
 def test_the_spool_is_delivered_when_the_collector_returns_with_no_new_records(
     tmp_path: Path, policy: SpoolFull
