@@ -81,20 +81,25 @@ class RotatingFileSink:
         self._syncer: ThreadPoolExecutor | None = None  # fsyncs rotated files, made at need
         self._syncing: Future[None] | None = None  # the last rotated file's fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rotation_failing = False  # logged once until a rotation works
         self._sink, self._size, self._window, self._ident = self._open()
         self._expire()
 
     def _bucket(self, t: float) -> int:
         return int(t // self._max_seconds) if self._max_seconds > 0 else 0
 
-    def _open(self) -> _Active:
-        """The active file's sink, size, time window and (device, inode)."""
-        existed = self.path.exists()
-        sink = JsonLinesFileSink(self.path, mode=MODE)
+    def _open(self, path: Path | None = None) -> _Active:
+        """The active file's sink, size, time window and (device, inode).
+
+        At `path` if given: a new file made aside, renamed to the active name afterwards.
+        """
+        path = path or self.path
+        existed = path.exists()
+        sink = JsonLinesFileSink(path, mode=MODE)
         st = sink.stat()
         if self._gid >= 0 and st.st_gid != self._gid:
-            os.chown(self.path, -1, self._gid)
-            self.path.chmod(MODE)  # chown may clear bits on some systems; keep 0640
+            os.fchown(sink.fileno(), -1, self._gid)
+            os.fchmod(sink.fileno(), MODE)  # chown may clear bits on some systems; keep 0640
         window = self._bucket(st.st_mtime if existed and st.st_size else self._clock())
         return sink, st.st_size, window, (st.st_dev, st.st_ino)
 
@@ -108,12 +113,19 @@ class RotatingFileSink:
         if not lines:
             return
         if self._replaced():
-            self._reopen()
+            self._reopen()  # raises if it cannot: the open file is gone, not a place to write
         elif self._size and (
             self._bucket(self._clock()) != self._window
             or (self._max_bytes > 0 and self._size >= self._max_bytes)
         ):
-            self.rotate()
+            try:
+                self.rotate()
+            except OSError as e:  # the open file is still in place: the batch goes there
+                if not self._rotation_failing:
+                    self._rotation_failing = True
+                    _log.error("records.rotation_failed", path=str(self.path), error=str(e),
+                               detail="records go on into the active file; tried again "
+                               "with every batch")  # fmt: skip
         self._sink.write_lines(lines)
         self._size = self._sink.stat().st_size
 
@@ -147,8 +159,18 @@ class RotatingFileSink:
             target = self.path.with_name(f"{self.path.stem}-{stamp}-{n:04d}{self.path.suffix}")
             if not target.exists():
                 break
-        self.path.rename(target)  # the open file goes on under its new name
-        self._switch(self._open(), target)  # if this fails, the next batch reopens the name
+        aside = self.path.with_name(f".{self.path.name}.new")
+        fresh = self._open(aside)  # made aside first: if it cannot be, nothing has changed
+        try:
+            self.path.rename(target)
+            aside.rename(self.path)
+            fresh[0].path = str(self.path)
+        except OSError:
+            fresh[0].close()
+            aside.unlink(missing_ok=True)
+            raise
+        self._switch(fresh, target)
+        self._rotation_failing = False
         self.rotations += 1
         self._expire()
         return target

@@ -96,6 +96,12 @@ class JsonLinesFileSink:
             raise
         self._torn = False
 
+    def fileno(self) -> int:
+        """The open file's descriptor."""
+        if self._fd is None:
+            raise ValueError(f"{self.path}: closed")
+        return self._fd
+
     def stat(self) -> os.stat_result:
         """The open file's status, wherever its name has gone since."""
         if self._fd is None:

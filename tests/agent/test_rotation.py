@@ -181,12 +181,21 @@ def test_an_active_file_moved_or_deleted_by_another_is_replaced(
     assert sink.rotations == 0
 
 
-@pytest.mark.parametrize("when", ["rotating", "replacing a deleted file"])
+@pytest.mark.parametrize(
+    ("when", "refused", "active_after"),
+    [
+        # The open file is still in place: the batch goes there, the next one rotates.
+        ("rotating", ".records.jsonl.new", ["e13", "e14"]),
+        # The open file is gone: that batch has nowhere to go and fails (the writer counts it).
+        ("replacing a deleted file", "records.jsonl", ["e13", "e14"]),
+    ],
+)
 def test_a_new_file_that_cannot_be_created_is_tried_again_next_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
-) -> None:
-    """A full disk refuses the new active file once: that batch fails (the writer counts
-    it), the next one creates the file and the sink goes on (it used to stop for good)."""
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str, refused: str,
+    active_after: list[str],
+) -> None:  # fmt: skip
+    """A full disk refuses the new active file once; the sink goes on (it used to stop for
+    good), and no batch is lost that the open file could still take."""
     path = tmp_path / "records.jsonl"
     sink = RotatingFileSink(path, max_bytes=1000, clock=Clock())
     sink.write_lines(lines(12))  # over max_bytes: the next batch rotates
@@ -196,19 +205,62 @@ def test_a_new_file_that_cannot_be_created_is_tried_again_next_batch(
     real_open, refusals = os.open, [1]
 
     def full_disk_once(name: str, flags: int, mode: int = 0o777) -> int:
-        if name == str(path) and refusals[0]:
+        if name == str(tmp_path / refused) and refusals[0]:
             refusals[0] -= 1
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(name, flags, mode)
 
     monkeypatch.setattr("agent.writer.os.open", full_disk_once)
-    with pytest.raises(OSError, match="No space"):
-        sink.write_lines(lines(1, 12))
-    sink.write_lines(lines(1, 13))
-    sink.write_lines(lines(1, 14))
+    with capture_logs() as logs:
+        if when == "rotating":
+            sink.write_lines(lines(1, 12))
+        else:
+            with pytest.raises(OSError, match="No space"):
+                sink.write_lines(lines(1, 12))
+        sink.write_lines(lines(1, 13))
+        sink.write_lines(lines(1, 14))
     sink.close()
     ids = [json.loads(x)["event"]["id"] for x in path.read_text().splitlines()]
-    assert ids == ["e13", "e14"]
+    assert ids == active_after
+    failed = [e["event"] for e in logs if e["event"] == "records.rotation_failed"]
+    assert len(failed) == (when == "rotating")
+    if when == "rotating":
+        (rotated,) = rotated_files(path)[:-1]
+        assert json.loads(rotated.read_text().splitlines()[-1])["event"]["id"] == "e12"
+    assert not (tmp_path / ".records.jsonl.new").exists()
+
+
+def test_a_rotation_the_directory_refuses_keeps_writing_to_the_active_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records directory made read-only for the service: the rename is refused, the
+    batch still goes into the open file (29 records were lost per rotation attempt before),
+    the file made aside is removed, and the rotation happens once the directory allows it."""
+    path = tmp_path / "records.jsonl"
+    sink = RotatingFileSink(path, max_bytes=1000, clock=Clock())
+    sink.write_lines(lines(12))
+    real_rename, refusals = Path.rename, [2]
+
+    def refused(self: Path, target: Path) -> Path:
+        if self == path and refusals[0]:
+            refusals[0] -= 1
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refused)
+    with capture_logs() as logs:
+        sink.write_lines(lines(1, 12))
+        sink.write_lines(lines(1, 13))
+        sink.write_lines(lines(1, 14))
+    sink.close()
+    assert [e["event"] for e in logs] == ["records.rotation_failed"]
+    rotated, active = rotated_files(path)
+    assert [json.loads(x)["event"]["id"] for x in rotated.read_text().splitlines()][-2:] == [
+        "e12",
+        "e13",
+    ]
+    assert [json.loads(x)["event"]["id"] for x in active.read_text().splitlines()] == ["e14"]
+    assert not (tmp_path / ".records.jsonl.new").exists()
 
 
 def test_time_rotation_at_window_boundary(tmp_path: Path) -> None:
