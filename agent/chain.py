@@ -148,7 +148,7 @@ class ChainSink:
         self._seq, self._prev = seq, prev
         _each(self._sinks, lambda sink: sink.write_lines(out))
         if self._clock() - self._last_ship >= self._interval:
-            self.ship_head()
+            self.flush()  # the files first: a shipped head never runs ahead of them
 
     def ship_head(self) -> None:
         """Send the current head to the head sinks (once per new head)."""

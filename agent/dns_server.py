@@ -764,7 +764,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
         run = asyncio.run
     try:
         run(serve(settings, runtime))
-    except OSError as e:  # a listen address in use or not ours
-        sys.stderr.write(f"aupguard dns: cannot listen: {e}\n")
+    except OSError as e:  # a listen address in use or not ours, or a records file or spool
+        sys.stderr.write(f"aupguard dns: cannot start: {e}\n")  # (the error names the path)
         return 1
     return 0

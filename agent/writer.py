@@ -358,6 +358,7 @@ class RecordWriter:
                 item.set()
             else:
                 self._call_sinks("close")
+                self._summarise_failures()
                 return False
         if stamps:
             lines += self._render(stamps)
@@ -422,6 +423,14 @@ class RecordWriter:
         if now - episode.logged >= FAILING_LOG_INTERVAL:
             episode.logged = now
             _log.error("records.sink_still_failing", sink=sink, call=call,
+                       failed_calls=episode.calls, failed_lines=episode.lines,
+                       seconds=round(now - episode.since, 1))  # fmt: skip
+
+    def _summarise_failures(self) -> None:
+        """At close: what each sink still failing has cost since its episode began."""
+        now = time.monotonic()
+        for sink, episode in self._failing.items():
+            _log.error("records.sink_still_failing", sink=sink, call="close",
                        failed_calls=episode.calls, failed_lines=episode.lines,
                        seconds=round(now - episode.since, 1))  # fmt: skip
 

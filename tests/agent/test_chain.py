@@ -158,6 +158,24 @@ def test_head_ships_on_interval_only() -> None:
     assert read_head(heads.lines) == ChainHead(1, chain.head.mac if chain.head else "")
 
 
+def test_a_head_ships_only_after_the_files_are_flushed() -> None:
+    """A head shipped on the interval covers what the files have made durable: they are
+    flushed (fsync) first, and a failing file ships no head (heads used to run ahead)."""
+    now = [0.0]
+    heads, files = MemorySink(), MemorySink()
+    chain = ChainSink(KEY, [files], head_sinks=[heads], head_interval=10, clock=lambda: now[0])
+    chain.write_lines(["{}"])
+    now[0] = 11
+    chain.write_lines(["{}"])
+    assert files.flushes == 1
+    assert read_head(heads.lines) == ChainHead(1, chain.head.mac if chain.head else "")
+    broken = ChainSink(KEY, [BrokenDisk()], head_sinks=[heads := MemorySink()],
+                       head_interval=0, clock=lambda: now[0])  # fmt: skip
+    with pytest.raises(OSError, match="No space"):
+        broken.write_lines(["{}"])
+    assert heads.lines == []
+
+
 def test_chain_resumes_across_restart(tmp_path: Path) -> None:
     """A new sink continues the chain from the newest line of the existing file."""
     path = write(tmp_path, [chained(5)])[0]

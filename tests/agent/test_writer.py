@@ -315,3 +315,13 @@ def test_a_file_left_with_a_torn_last_line_is_ended_before_new_records(tmp_path:
     sink.close()
     assert path.read_text().splitlines() == ['{"n": 0}', '{"n": 1, "pad": "to', '{"n": 2}']
     assert [e["event"] for e in logs] == ["records.torn_line"]
+
+
+def test_a_sink_still_failing_at_close_says_what_it_cost() -> None:
+    """A shutdown during a failure episode logs its count (the first failure alone did)."""
+    with capture_logs() as logs, RecordWriter([FailingSink(), MemorySink()]) as writer:
+        for n in range(5):
+            writer.write({"n": n})
+            assert writer.flush(5)
+    summary = [e for e in logs if e["event"] == "records.sink_still_failing"]
+    assert [(e["call"], e["failed_calls"], e["failed_lines"]) for e in summary] == [("close", 5, 5)]
