@@ -13,11 +13,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
+from agent.config import Config
 from agent.errors import AupguardError
 from agent.metrics import RELOADS
 from agent.pipeline import Engine
@@ -48,6 +49,20 @@ def settle_gc(young: int | None = None) -> None:
     gc.freeze()
     if young is not None:
         gc.set_threshold(young, 20, 20)
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The sections whose changes a reload does not apply (a restart does).
+
+    The DNS filter's listeners and modes, and where records go: the writer is built at
+    start. The notice, also under `records:`, is reloaded.
+    """
+    changed = []
+    if old.dns != new.dns:
+        changed.append("dns")
+    if replace(old.records, notice=new.records.notice) != new.records:
+        changed.append("records")
+    return changed
 
 
 class Runtime:
@@ -85,6 +100,10 @@ class Runtime:
             self.last_error = None
         log.info("reloaded", revision=fresh.revision, previous=old.revision,
                  lists_version=fresh.lists_version, previous_lists=old.lists_version)  # fmt: skip
+        if pending := restart_only_changes(old.config, fresh.config):
+            log.warning("reload_needs_restart", sections=pending,
+                        detail="these settings take effect on restart; policy, lists and the "
+                        "notice were reloaded")  # fmt: skip
         for listener in self._listeners:
             listener(fresh)
         return ReloadResult(ok=True, revision=fresh.revision)

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.model import Action, Source
 from agent.pipeline import Engine
@@ -222,6 +223,28 @@ def test_records_name_the_lists_a_list_only_reload_brings(config_path: Path) -> 
     assert before["aupguard"]["lists_version"] == first.classifier.index.lists_version
     assert after["aupguard"]["lists_version"] == fresh.classifier.index.lists_version
     assert after["aupguard"]["lists_version"] != before["aupguard"]["lists_version"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "pending"),
+    [
+        ('  notice: {text: "We monitor all use."}', []),  # the notice is reloaded
+        ('  notice: {text: "We monitor."}\n  file: /var/log/aupguard/r.jsonl', ["records"]),
+        ('  notice: {text: "We monitor."}\ndns:\n  block_ttl: 5', ["dns"]),
+    ],
+)
+def test_a_reload_says_which_changes_wait_for_a_restart(
+    config_path: Path, edit: str, pending: list[str]
+) -> None:
+    """SIGHUP applies policy, lists and notice; where records go and the DNS filter's
+    settings need a restart, and the log says so instead of implying they took effect."""
+    runtime = Runtime(config_path)
+    text = config_path.read_text()
+    config_path.write_text(text.replace('  notice: {text: "We monitor."}', edit))
+    with capture_logs() as logs:
+        assert runtime.reload().ok
+    said = [e["sections"] for e in logs if e["event"] == "reload_needs_restart"]
+    assert said == ([pending] if pending else [])
 
 
 def test_rejected_list_falls_back_to_last_good_index(config_path: Path) -> None:
