@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import grp
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -38,9 +39,15 @@ _log = get_logger(__name__)
 
 
 def rotated_files(active: str | os.PathLike[str]) -> list[Path]:
-    """The rotated files of `active`, oldest first, then `active` itself if it exists."""
+    """The rotated files of `active`, oldest first, then `active` itself if it exists.
+
+    Only names `rotate` gives (`<stem>-<UTC time>-<counter><suffix>`): another writer's set
+    (`records.proxy-2.jsonl` beside `records.proxy.jsonl`) is not this one's, whose chain
+    it would otherwise resume and whose files its retention would delete.
+    """
     p = Path(active)
-    files = sorted(p.parent.glob(f"{p.stem}-*{p.suffix}"))
+    name = re.compile(re.escape(p.stem) + r"-\d{8}T\d{6}Z-\d{4}" + re.escape(p.suffix))
+    files = sorted(f for f in p.parent.glob(f"{p.stem}-*{p.suffix}") if name.fullmatch(f.name))
     return [*files, p] if p.exists() else files
 
 

@@ -317,3 +317,23 @@ def test_chain_continues_across_rotation_and_restart(tmp_path: Path) -> None:
     assert result.ok, result.problem
     assert result.records == 25
     assert result.files > 3
+
+
+def test_another_writers_files_are_not_this_writers_set(tmp_path: Path) -> None:
+    """`records.proxy.jsonl`'s set leaves `records.proxy-2.*` alone: its chain would be
+    resumed from them and its retention would delete them."""
+    names = [
+        "records.proxy.jsonl",
+        "records.proxy-20261118T000000Z-0000.jsonl",
+        "records.proxy-2.jsonl",
+        "records.proxy-2-20261118T000000Z-0000.jsonl",
+        "records.proxy-notes.jsonl",
+    ]
+    for name in names:
+        (tmp_path / name).write_text("")
+    assert [p.name for p in rotated_files(tmp_path / "records.proxy.jsonl")] == names[1::-1]
+    old = T0 - 30 * DAY
+    for name in names:
+        os.utime(tmp_path / name, (old, old))
+    RotatingFileSink(tmp_path / "records.proxy.jsonl", retention_days=7, clock=Clock())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[:1] + names[2:])
