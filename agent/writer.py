@@ -189,6 +189,11 @@ class _Episode:
     calls: int
     lines: int
 
+    def cost(self, now: float) -> dict[str, float]:
+        """The log fields saying what the episode has cost by `now`."""
+        return {"failed_calls": self.calls, "failed_lines": self.lines,
+                "seconds": round(now - self.since, 1)}  # fmt: skip
+
 
 class RecordWriter:
     """The one record writer: `write()` never blocks; a thread serialises and writes in order.
@@ -422,25 +427,19 @@ class RecordWriter:
         episode.lines += lines
         if now - episode.logged >= FAILING_LOG_INTERVAL:
             episode.logged = now
-            _log.error("records.sink_still_failing", sink=sink, call=call,
-                       failed_calls=episode.calls, failed_lines=episode.lines,
-                       seconds=round(now - episode.since, 1))  # fmt: skip
+            _log.error("records.sink_still_failing", sink=sink, call=call, **episode.cost(now))
 
     def _summarise_failures(self) -> None:
         """At close: what each sink still failing has cost since its episode began."""
         now = time.monotonic()
         for sink, episode in self._failing.items():
-            _log.error("records.sink_still_failing", sink=sink, call="close",
-                       failed_calls=episode.calls, failed_lines=episode.lines,
-                       seconds=round(now - episode.since, 1))  # fmt: skip
+            _log.error("records.sink_still_failing", sink=sink, call="close", **episode.cost(now))
 
     def _recovered(self, sink: str) -> None:
         """End a failure episode of `sink`, saying what it cost."""
         episode = self._failing.pop(sink, None)
         if episode is not None:
-            _log.warning("records.sink_recovered", sink=sink, failed_calls=episode.calls,
-                         failed_lines=episode.lines,
-                         seconds=round(time.monotonic() - episode.since, 1))  # fmt: skip
+            _log.warning("records.sink_recovered", sink=sink, **episode.cost(time.monotonic()))
 
     def _count_drops(self) -> None:
         """Add the drops since the last batch to the metric.
