@@ -175,6 +175,7 @@ class MemorySink:
 
 _CLOSE = object()
 FAILING_LOG_INTERVAL = 60.0  # seconds between a failing sink's summary log lines
+RECOVERY_QUIET = 10.0  # seconds without a failure that end an episode (a flapping disk is one)
 
 
 @dataclass(slots=True)
@@ -188,6 +189,8 @@ class _Episode:
     logged: float
     calls: int
     lines: int
+    last_failure: float
+    working: bool = False  # a call went through since the last failure
 
     def cost(self, now: float) -> dict[str, float]:
         """The log fields saying what the episode has cost by `now`."""
@@ -420,11 +423,12 @@ class RecordWriter:
         now = time.monotonic()
         episode = self._failing.get(sink)
         if episode is None:
-            self._failing[sink] = _Episode(since=now, logged=now, calls=1, lines=lines)
+            self._failing[sink] = _Episode(now, now, 1, lines, last_failure=now)
             _log.exception("records.sink_failed", sink=sink, call=call, failed_lines=lines)
             return
         episode.calls += 1
         episode.lines += lines
+        episode.last_failure, episode.working = now, False
         if now - episode.logged >= FAILING_LOG_INTERVAL:
             episode.logged = now
             _log.error("records.sink_still_failing", sink=sink, call=call, **episode.cost(now))
@@ -433,13 +437,26 @@ class RecordWriter:
         """At close: what each sink still failing has cost since its episode began."""
         now = time.monotonic()
         for sink, episode in self._failing.items():
-            _log.error("records.sink_still_failing", sink=sink, call="close", **episode.cost(now))
+            if episode.working:
+                _log.warning("records.sink_recovered", sink=sink, **episode.cost(now))
+            else:
+                _log.error("records.sink_still_failing", sink=sink, call="close",
+                           **episode.cost(now))  # fmt: skip
 
     def _recovered(self, sink: str) -> None:
-        """End a failure episode of `sink`, saying what it cost."""
-        episode = self._failing.pop(sink, None)
-        if episode is not None:
-            _log.warning("records.sink_recovered", sink=sink, **episode.cost(time.monotonic()))
+        """A call of `sink` went through: end its failure episode once quiet, with its cost.
+
+        Quiet is `RECOVERY_QUIET` seconds without a failure: a disk flapping around full is
+        one episode, not a traceback per flap.
+        """
+        episode = self._failing.get(sink)
+        if episode is None:
+            return
+        episode.working = True
+        now = time.monotonic()
+        if now - episode.last_failure >= RECOVERY_QUIET:
+            del self._failing[sink]
+            _log.warning("records.sink_recovered", sink=sink, **episode.cost(now))
 
     def _count_drops(self) -> None:
         """Add the drops since the last batch to the metric.

@@ -325,3 +325,39 @@ def test_a_sink_still_failing_at_close_says_what_it_cost() -> None:
             assert writer.flush(5)
     summary = [e for e in logs if e["event"] == "records.sink_still_failing"]
     assert [(e["call"], e["failed_calls"], e["failed_lines"]) for e in summary] == [("close", 5, 5)]
+
+
+class FlappingSink(MemorySink):
+    """A disk hovering around full: every other batch fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def write_lines(self, lines: list[str]) -> None:
+        self.calls += 1
+        if self.calls % 2:
+            raise OSError(28, "No space left on device")
+        super().write_lines(lines)
+
+
+def test_a_flapping_disk_is_one_episode_until_it_has_been_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failures and successes in turn are one episode (one traceback), which ends with the
+    first success after `RECOVERY_QUIET` seconds without a failure (a traceback per flap
+    came to 26 in 12 s)."""
+    monkeypatch.setattr("agent.writer.RECOVERY_QUIET", 0.3)
+    sink = FlappingSink()
+    with capture_logs() as logs, RecordWriter([sink]) as writer:
+        for n in range(10):
+            writer.write({"n": n})
+            assert writer.flush(5)
+        time.sleep(0.4)
+        sink.calls = 1  # the next call goes through, and quiet has lasted long enough
+        writer.write({"n": "later"})
+        assert writer.flush(5)
+        events = [e["event"] for e in logs if e["event"].startswith("records.sink")]
+    assert events == ["records.sink_failed", "records.sink_recovered"]
+    recovered = next(e for e in logs if e["event"] == "records.sink_recovered")
+    assert (recovered["failed_calls"], recovered["failed_lines"]) == (5, 5)
