@@ -87,7 +87,6 @@ class RotatingFileSink:
         self.deleted = 0
         self._syncer: ThreadPoolExecutor | None = None  # fsyncs rotated files, made at need
         self._syncing: Future[None] | None = None  # the last rotated file's fsync
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._rotation_failing = False  # logged once until a rotation works
         self._sink, self._size, self._window, self._ident = self._open()
         self._expire()
@@ -101,6 +100,7 @@ class RotatingFileSink:
         At `path` if given: a new file made aside, renamed to the active name afterwards.
         """
         path = path or self.path
+        path.parent.mkdir(parents=True, exist_ok=True)  # also after someone deleted it
         existed = path.exists()
         sink = JsonLinesFileSink(path, mode=MODE)
         st = sink.stat()

@@ -6,6 +6,7 @@ import errno
 import grp
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -155,19 +156,21 @@ def test_a_failed_sync_of_a_rotated_file_is_logged_and_raised_at_flush(
     assert ids == ["e12", "e13"]
 
 
-@pytest.mark.parametrize("done_to_it", ["moved", "deleted"])
+@pytest.mark.parametrize("done_to_it", ["moved", "deleted", "deleted with its directory"])
 def test_an_active_file_moved_or_deleted_by_another_is_replaced(
     tmp_path: Path, done_to_it: str
 ) -> None:
     """Something else (logrotate, a hand) takes the active file: the next batch goes to a new
     file under the name, with one warning, and no sink error per batch."""
-    path = tmp_path / "records.jsonl"
+    path = tmp_path / "records" / "records.jsonl"
     sink = RotatingFileSink(path, clock=Clock())
     sink.write_lines(lines(2))
     if done_to_it == "moved":
         path.rename(tmp_path / "elsewhere.jsonl")
-    else:
+    elif done_to_it == "deleted":
         path.unlink()
+    else:
+        shutil.rmtree(path.parent)
     with capture_logs() as logs:
         sink.write_lines(lines(2, 2))
         sink.write_lines(lines(2, 4))
