@@ -45,6 +45,7 @@ _SUFFIX = re.compile(
     r',"aupguard\.chain":\{"seq":(\d+),"prev":"([0-9a-f]{64})","mac":"([0-9a-f]{64})"\}\}$'
 )
 _TAIL_BYTES = 1 << 16
+_MAX_LINE = 1 << 20  # no record line is this long (URL fields are cut at 8 KiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,18 +194,29 @@ def _each(sinks: Sequence[RecordSink], call: Callable[[RecordSink], None]) -> No
 
 
 def read_last_head(path: str | os.PathLike[str]) -> ChainHead | None:
-    """The head of the newest chained line in `path` (to resume after a restart)."""
+    """The head of the newest chained line in `path` (to resume after a restart).
+
+    Read backwards in `_TAIL_BYTES` blocks until a chained line turns up: a long damaged
+    tail (zeros after a power loss) must not hide the last good line and restart the chain
+    at seq 0. A "line" longer than `_MAX_LINE` is damage, not a record, and is skipped.
+    """
     try:
         with Path(path).open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - _TAIL_BYTES))
-            tail = f.read().decode("utf-8", errors="replace")
+            end, rest = f.seek(0, os.SEEK_END), b""
+            while end > 0:
+                start = max(0, end - _TAIL_BYTES)
+                f.seek(start)
+                lines = (f.read(end - start) + rest).split(b"\n")
+                rest = lines.pop(0) if start > 0 else b""  # its start is in the block before
+                if len(rest) > _MAX_LINE:
+                    rest = b""
+                for line in reversed(lines):
+                    m = _SUFFIX.search(line.decode("utf-8", errors="replace"))
+                    if m:
+                        return ChainHead(int(m[1]), m[3])
+                end = start
     except FileNotFoundError:
         return None
-    for line in reversed(tail.splitlines()):
-        m = _SUFFIX.search(line)
-        if m:
-            return ChainHead(int(m[1]), m[3])
     return None
 
 

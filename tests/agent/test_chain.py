@@ -189,6 +189,28 @@ def test_chain_resumes_across_restart(tmp_path: Path) -> None:
     assert verify([path], KEY).records == 7
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"",
+        b"\0" * 70_000,  # zeros after a power loss: longer than one read block
+        b"\0" * 40_000 + b"\n" + b"\0" * 40_000,
+        b"x" * (65_536 - 100),  # the block boundary falls inside the last chained line
+        b"\0" * (3 << 20),  # a "line" longer than any record, skipped as damage
+    ],
+    ids=["clean", "70k-zeros", "zero-lines", "straddling", "3M-zeros"],
+)
+def test_the_head_is_found_behind_a_long_damaged_tail(tmp_path: Path, tail: bytes) -> None:
+    """The chain resumes from the last good line, however much damage follows it; it used to
+    look at the last 64 KiB only and restart at seq 0 silently."""
+    path = write(tmp_path, [chained(5)])[0]
+    with path.open("ab") as f:
+        f.write(tail)
+    head = read_last_head(path)
+    assert head is not None
+    assert head.seq == 4
+
+
 def test_key_file_checks(tmp_path: Path) -> None:
     """Keys are generated 0400; a key readable by others or too short is refused."""
     key = tmp_path / "chain.key"
