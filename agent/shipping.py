@@ -43,7 +43,7 @@ from agent.logs import get_logger
 from agent.metrics import RECORDS_DROPPED, SPOOL_DEPTH
 from agent.records import dropped_record, format_timestamp
 from agent.rotation import RotatingFileSink, rotated_files
-from agent.writer import JsonLinesFileSink, RecordWriter
+from agent.writer import JsonLinesFileSink, RecordWriter, write_all
 
 if TYPE_CHECKING:
     from agent.config import RecordsSection
@@ -172,16 +172,11 @@ class Spool:
             size += len(data)
         if not chunks:
             return 0
-        data = b"".join(chunks)
-        fd = self._file.fileno()
-        rest = memoryview(data)
-        try:
-            while rest:
-                rest = rest[os.write(fd, rest) :]
-        except OSError:
-            if len(rest) < len(data):
-                os.ftruncate(fd, self.size)
-            raise
+        sent, error = write_all(self._file.fileno(), b"".join(chunks))
+        if error is not None:
+            if sent:
+                os.ftruncate(self._file.fileno(), self.size)
+            raise error
         self.size = size
         self.count += len(chunks)
         return len(chunks)

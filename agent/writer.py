@@ -85,15 +85,11 @@ class JsonLinesFileSink:
         if not lines:
             return
         data = "\n".join(["", *lines, ""] if self._torn else [*lines, ""]).encode()
-        rest = memoryview(data)
-        try:
-            while rest:  # a short write (a signal, a nearly full disk): write the rest
-                rest = rest[os.write(self._fd, rest) :]
-        except OSError:
-            sent = len(data) - len(rest)
+        sent, error = write_all(self._fd, data)
+        if error is not None:
             if sent:
                 self._torn = data[sent - 1] != NEWLINE
-            raise
+            raise error
         self._torn = False
 
     def fileno(self) -> int:
@@ -124,6 +120,21 @@ class JsonLinesFileSink:
             raise ValueError(f"{self.path}: detach after close")
         fd, self._fd = self._fd, None
         return fd
+
+
+def write_all(fd: int, data: bytes) -> tuple[int, OSError | None]:
+    """Write `data`, finishing short writes (a signal, a nearly full disk).
+
+    How much went out, and the error that stopped it (None when all did): a caller that
+    appends lines must know whether it left part of one behind.
+    """
+    rest = memoryview(data)
+    try:
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+    except OSError as e:
+        return len(data) - len(rest), e
+    return len(data), None
 
 
 def _ends_inside_a_line(path: str) -> bool:
