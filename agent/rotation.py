@@ -113,9 +113,9 @@ class RotatingFileSink:
     def write_lines(self, lines: list[str]) -> None:
         """Append the batch, rotating first when the file is full or its window has passed.
 
-        A new active file is started first if the name no longer leads to the open one.
-        A rotation or reopen that fails (a full disk) raises and leaves the open file in
-        place: the next batch tries again.
+        A new active file is started first if the name no longer leads to the open one;
+        if it cannot be, the batch fails (it has nowhere to go). A rotation that fails
+        changes nothing: the batch goes into the active file, and the next one tries again.
         """
         if not lines:
             return
@@ -150,9 +150,9 @@ class RotatingFileSink:
         _log.warning(
             "records.file_replaced",
             path=str(self.path),
-            detail="the active records file was gone (moved or deleted by something other "
-            "than aupguard, or a rotation that could not create its new file); a new one is "
-            "started. Use records.rotate_bytes / rotate_seconds, not logrotate",
+            detail="the active records file was moved or deleted by something other than "
+            "aupguard; a new one is started. Use records.rotate_bytes / rotate_seconds, not "
+            "logrotate",
         )
 
     def rotate(self) -> Path:
