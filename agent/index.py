@@ -180,6 +180,13 @@ def build_index(
     return IndexStats.from_json(meta["stats"])
 
 
+def source_files(source: ListSource) -> list[Path]:
+    """The files a source reads: a UT1 folder's `domains` and `urls`, else the one file."""
+    if source.format is ListFormat.UT1:
+        return [source.path / "domains", source.path / "urls"]
+    return [source.path]
+
+
 def lists_version(sources: Sequence[ListSource]) -> str:
     """A hash of what the lists say: each source's category and format, and its files' bytes.
 
@@ -189,8 +196,7 @@ def lists_version(sources: Sequence[ListSource]) -> str:
     h = hashlib.sha256()
     for s in sources:
         h.update(f"\0{s.category}\0{s.format}".encode())
-        files = [s.path / "domains", s.path / "urls"] if s.format is ListFormat.UT1 else [s.path]
-        for f in files:
+        for f in source_files(s):
             try:
                 with f.open("rb") as data:
                     h.update(b"\0+" + hashlib.file_digest(data, "sha256").digest())
@@ -204,8 +210,7 @@ def fingerprint(sources: Sequence[ListSource], **params: object) -> str:
     h = hashlib.sha256(f"{FORMAT_VERSION}\0{sorted(params.items())}".encode())
     for s in sources:
         h.update(f"\0{s.category}\0{s.format}\0{s.label}\0{s.path.resolve()}".encode())
-        files = [s.path / "domains", s.path / "urls"] if s.format is ListFormat.UT1 else [s.path]
-        for f in files:
+        for f in source_files(s):
             try:
                 st = f.stat()
             except OSError:
