@@ -12,6 +12,12 @@ and restarts (the sink resumes from the newest file), so a deleted record or a m
 shows as a gap. Cutting the newest records leaves no gap: the chain *head* (seq and mac) is
 shipped to the collector every `head_interval` seconds, and `verify(..., head=...)` checks
 that the files reach it. The key lives in a key file outside the record directory.
+
+A write that fails (a full disk) leaves a gap, or a torn line, that looks like tampering.
+So the sink declares it: the next batch it writes begins with a chained `records-lost`
+record naming the seqs each failing sink missed, repeated until that sink takes one, and a
+head shipped meanwhile carries the pending losses. `verify` reports a gap, or damaged lines,
+that such a declaration covers as a `Loss`, not a problem: the key holder said so in time.
 """
 
 from __future__ import annotations
@@ -23,24 +29,26 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.records import DATASET, ECS_VERSION, format_timestamp, new_event_id
+from agent.records import DATASET, ECS_VERSION, encode, format_timestamp, new_event_id
 
 if TYPE_CHECKING:
     from agent.writer import RecordSink
 
 __all__ = [
-    "GENESIS", "ChainHead", "ChainSink", "Problem", "VerifyResult", "generate_key",
-    "head_record", "load_key", "read_head", "read_last_head", "resume_head", "verify",
+    "GENESIS", "ChainHead", "ChainSink", "Loss", "Lost", "Problem", "VerifyResult",
+    "generate_key", "head_record", "load_key", "lost_record", "read_head", "read_last_head",
+    "resume_head", "verify",
 ]  # fmt: skip
 
 GENESIS = "0" * 64
 KEY_BYTES = 32
 CHAIN_KEY = "aupguard.chain"
 HEAD_ACTION = "chain-head"
+LOST_ACTION = "records-lost"
 _SUFFIX = re.compile(
     r',"aupguard\.chain":\{"seq":(\d+),"prev":"([0-9a-f]{64})","mac":"([0-9a-f]{64})"\}\}$'
 )
@@ -49,11 +57,30 @@ _MAX_LINE = 1 << 20  # no record line is this long (URL fields are cut at 8 KiB)
 
 
 @dataclass(frozen=True, slots=True)
+class Lost:
+    """Seqs `first`..`last` that `sink` failed to take (a write failed)."""
+
+    sink: str
+    first: int
+    last: int
+
+    def as_field(self) -> dict[str, Any]:
+        """The entry of `aupguard.lost` (in `records-lost` records and shipped heads)."""
+        return {"sink": self.sink, "first_seq": self.first, "last_seq": self.last}
+
+    @classmethod
+    def from_field(cls, field: Any) -> Lost:
+        """Read an `aupguard.lost` entry; ValueError/KeyError/TypeError when it is not one."""
+        return cls(str(field["sink"]), int(field["first_seq"]), int(field["last_seq"]))
+
+
+@dataclass(frozen=True, slots=True)
 class ChainHead:
-    """The newest chained record: its sequence number and MAC."""
+    """The newest chained record: its sequence number and MAC (and, shipped, pending losses)."""
 
     seq: int
     mac: str
+    lost: tuple[Lost, ...] = ()
 
 
 def _mac(key: bytes, seq: int, prev: str, body: str) -> str:
@@ -95,16 +122,49 @@ def generate_key(path: str | os.PathLike[str]) -> None:
 
 
 def head_record(head: ChainHead, now: float) -> dict[str, Any]:
-    """The record shipped to the collector that pins the newest seq and MAC."""
+    """The record shipped to the collector that pins the newest seq and MAC.
+
+    It carries the losses not yet declared in the chain (`lost`), so that a tail a failing
+    disk never took is told from a tail cut afterwards.
+    """
     eid = new_event_id(now)
+    pinned: dict[str, Any] = {"seq": head.seq, "mac": head.mac}
+    if head.lost:
+        pinned["lost"] = [lost.as_field() for lost in head.lost]
     return {
         "@timestamp": format_timestamp(now),
         "ecs": {"version": ECS_VERSION},
         "event": {"id": eid, "kind": "event", "type": ["info"], "action": HEAD_ACTION,
                   "dataset": DATASET, "reason": f"record chain head at seq {head.seq}"},
         "observer": {"product": "aupguard"},
-        "aupguard": {"reference_id": eid, "chain_head": {"seq": head.seq, "mac": head.mac}},
+        "aupguard": {"reference_id": eid, "chain_head": pinned},
     }  # fmt: skip
+
+
+def lost_record(losses: Sequence[Lost], now: float) -> dict[str, Any]:
+    """The chained record declaring seqs that sinks failed to take."""
+    eid = new_event_id(now)
+    said = "; ".join(f"seq {x.first}..{x.last} did not reach {x.sink}" for x in losses)
+    return {
+        "@timestamp": format_timestamp(now),
+        "ecs": {"version": ECS_VERSION},
+        "event": {"id": eid, "kind": "event", "type": ["info"], "action": LOST_ACTION,
+                  "outcome": "failure", "dataset": DATASET,
+                  "reason": f"records lost to a failed write: {said}"},
+        "observer": {"product": "aupguard"},
+        "aupguard": {"reference_id": eid, "lost": [x.as_field() for x in losses]},
+    }  # fmt: skip
+
+
+def sink_name(sink: object) -> str:
+    """How a `records-lost` record names a sink: its file, its collector, or its class."""
+    path = getattr(sink, "path", None)
+    if path is not None:
+        return str(path)
+    address = getattr(sink, "address", None)
+    if isinstance(address, tuple) and len(address) == 2:  # (host, port)
+        return f"syslog {address[0]}:{address[1]}"
+    return type(sink).__name__
 
 
 class ChainSink:
@@ -130,24 +190,41 @@ class ChainSink:
         self._clock = clock
         self._seq = head.seq + 1 if head else 0
         self._prev = head.mac if head else GENESIS
-        self._shipped = -1
+        self._shipped: ChainHead | None = None
         self._last_ship = clock()
+        self._lost: dict[int, Lost] = {}  # by index in `sinks`: seqs not yet declared lost
 
     @property
     def head(self) -> ChainHead | None:
         """The newest chained record, None before the first."""
-        return ChainHead(self._seq - 1, self._prev) if self._seq else None
+        if not self._seq:
+            return None
+        return ChainHead(self._seq - 1, self._prev, tuple(self._lost.values()))
 
     def write_lines(self, lines: list[str]) -> None:
-        """Chain the batch and write it to every downstream sink."""
+        """Chain the batch and write it to every downstream sink.
+
+        While a sink has missed seqs, each batch begins with a `records-lost` record
+        declaring them; the sink's losses are cleared once it takes a batch.
+        """
+        if self._lost:
+            lines = [encode(lost_record(list(self._lost.values()), self._clock())), *lines]
         out: list[str] = []
-        seq, prev, key = self._seq, self._prev, self._key
+        first, prev, key = self._seq, self._prev, self._key
+        seq = first
         for line in lines:
             chained, prev = chain_line(key, line, seq, prev)
             out.append(chained)
             seq += 1
         self._seq, self._prev = seq, prev
-        _each(self._sinks, lambda sink: sink.write_lines(out))
+        failed = _call_each(self._sinks, lambda sink: sink.write_lines(out))
+        for index, sink in enumerate(self._sinks):
+            if index not in failed:
+                self._lost.pop(index, None)
+            elif out:
+                since = self._lost[index].first if index in self._lost else first
+                self._lost[index] = Lost(sink_name(sink), since, seq - 1)
+        _raise(failed)
         if self._clock() - self._last_ship >= self._interval:
             self.flush()  # the files first: a shipped head never runs ahead of them
 
@@ -155,13 +232,13 @@ class ChainSink:
         """Send the current head to the head sinks (once per new head)."""
         head = self.head
         self._last_ship = self._clock()
-        if head is None or head.seq == self._shipped or not self._head_sinks:
+        if head is None or head == self._shipped or not self._head_sinks:
             return
         line = json.dumps(head_record(head, self._last_ship), separators=(",", ":"))
         for sink in self._head_sinks:
             sink.write_lines([line])
             sink.flush()
-        self._shipped = head.seq
+        self._shipped = head
 
     def flush(self) -> None:
         """Flush downstream sinks, then ship the head (the head never runs ahead of the files)."""
@@ -169,9 +246,16 @@ class ChainSink:
         self.ship_head()
 
     def close(self) -> None:
-        """Flush, ship the head, close downstream sinks (the owner closes head sinks)."""
+        """Declare pending losses a last time, flush, ship the head, close downstream sinks.
+
+        (The owner closes head sinks.)
+        """
         try:
-            self.flush()
+            try:
+                if self._lost:
+                    self.write_lines([])
+            finally:
+                self.flush()
         finally:
             _each(self._sinks, lambda sink: sink.close())
 
@@ -181,16 +265,28 @@ def _each(sinks: Sequence[RecordSink], call: Callable[[RecordSink], None]) -> No
 
     A full disk under the records file must not stop the collector's copy.
     """
-    failed: list[Exception] = []
-    for sink in sinks:
+    _raise(_call_each(sinks, call))
+
+
+def _call_each(
+    sinks: Sequence[RecordSink], call: Callable[[RecordSink], None]
+) -> dict[int, Exception]:
+    """Call `call` on every sink; the failures by the sink's index."""
+    failed: dict[int, Exception] = {}
+    for index, sink in enumerate(sinks):
         try:
             call(sink)
-        except Exception as e:  # noqa: BLE001  (raised below, after the other sinks)
-            failed.append(e)
-    if len(failed) == 1:
-        raise failed[0]
-    if failed:
-        raise ExceptionGroup("record sinks failed", failed)
+        except Exception as e:  # noqa: BLE001  (the caller raises it, after the other sinks)
+            failed[index] = e
+    return failed
+
+
+def _raise(failed: dict[int, Exception]) -> None:
+    errors = list(failed.values())
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ExceptionGroup("record sinks failed", errors)
 
 
 def read_last_head(path: str | os.PathLike[str]) -> ChainHead | None:
@@ -238,8 +334,9 @@ def read_head(lines: Iterable[str]) -> ChainHead | None:
         try:
             rec = json.loads(line[line.index("{") :])
             h = rec["aupguard"]["chain_head"]
-            head = ChainHead(int(h["seq"]), str(h["mac"]))
-        except (ValueError, KeyError, TypeError):
+            lost = tuple(Lost.from_field(x) for x in h.get("lost", ()))
+            head = ChainHead(int(h["seq"]), str(h["mac"]), lost)
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
         if best is None or head.seq > best.seq:
             best = head
@@ -263,18 +360,41 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
+class Loss:
+    """Records missing from the files that the chain declared lost (a failed write).
+
+    `file:line` is the `records-lost` record (or the last line, for a loss the shipped head
+    declared); `damaged` counts the unchained lines (torn by the failure) skipped before it.
+    """
+
+    file: str
+    line: int
+    first: int
+    last: int
+    sinks: tuple[str, ...]
+    damaged: int = 0
+
+    def __str__(self) -> str:
+        damage = f"; {self.damaged} damaged line(s) skipped" if self.damaged else ""
+        return (f"{self.file}:{self.line}: lost: records seq {self.first}..{self.last} never "
+                f"reached the files (declared by the writer: a write to "
+                f"{', '.join(self.sinks)} failed){damage}")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyResult:
-    """Outcome of `verify`: records checked, first and last seq, and the first problem."""
+    """Outcome of `verify`: records, files, first and last seq, first problem, declared losses."""
 
     records: int
     files: int
     first_seq: int | None
     last: ChainHead | None
     problem: Problem | None
+    losses: tuple[Loss, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True when no problem was found."""
+        """True when no problem was found (declared losses are no problem)."""
         return self.problem is None
 
 
@@ -308,7 +428,9 @@ class _State:
     prev: str = GENESIS
     count: int = 0
     first: int | None = None
-    seen_file_start: bool = False
+    suspect: Problem | None = None  # damage a `records-lost` record may yet explain
+    damaged: int = 0  # unchained lines since `suspect`
+    losses: list[Loss] = field(default_factory=list)
 
 
 def _gap(st: _State, seq: int, where: tuple[str, int], *, boundary: bool) -> Problem:
@@ -349,11 +471,69 @@ def _check(  # noqa: PLR0911 one return per kind of problem reads best
     return None
 
 
+def _declared(st: _State, text: str, where: tuple[str, int]) -> bool:
+    """Accept `text` if it is an intact `records-lost` record covering the gap before it.
+
+    Its own MAC proves the key holder wrote it; its `prev` is the last seq the failing
+    sink missed, so it is not checked against the record before it.
+    """
+    m = _SUFFIX.search(text)
+    if m is None or f'"action":"{LOST_ACTION}"' not in text:
+        return False
+    seq, prev, mac = int(m[1]), m[2], m[3]
+    if not hmac.compare_digest(_mac(st.key, seq, prev, text[: m.start()]), mac):
+        return False
+    try:
+        declared = [Lost.from_field(x) for x in json.loads(text)["aupguard"]["lost"]]
+    except (ValueError, KeyError, TypeError):
+        return False
+    first = st.expected if st.expected is not None else min(x.first for x in declared)
+    covering = [x for x in declared if x.first <= first and x.last >= seq - 1]
+    if not covering or first > seq - 1:
+        return False
+    sinks = tuple(x.sink for x in covering)
+    st.losses.append(Loss(*where, first, seq - 1, sinks, st.damaged))
+    if st.first is None:
+        st.first = seq
+    st.expected, st.prev, st.count = seq + 1, mac, st.count + 1
+    st.suspect, st.damaged = None, 0
+    return True
+
+
+def _step(
+    st: _State, text: str, where: tuple[str, int], *, ended: bool, boundary: bool
+) -> Problem | None:
+    """Check one line; a gap or damage that a `records-lost` record declares is a loss."""
+    chained = _SUFFIX.search(text) is not None
+    if st.suspect is not None:  # after damage: only unchained lines, then a declaration
+        if chained and _declared(st, text, where):
+            return None
+        if chained:
+            return st.suspect
+        st.damaged += 1
+        return None
+    problem = _check(st, text, where, boundary=boundary and st.expected is not None)
+    if problem is None and not ended:
+        problem = Problem(*where, "torn", "the last line is incomplete")
+    if problem is None or (chained and _declared(st, text, where)):
+        return None
+    if not chained or problem.kind == "torn":  # damage: a declaration may follow
+        st.suspect, st.damaged = problem, 1
+        return None
+    return problem
+
+
 def _tail(st: _State, head: ChainHead | None, where: tuple[str, int]) -> Problem | None:
     if head is None:
         return None
     last = (st.expected or 0) - 1
     if last < head.seq:
+        declared = [x for x in head.lost if x.first <= last + 1 and x.last >= head.seq]
+        if declared:  # the disk never took them: the head shipped meanwhile says so
+            sinks = tuple(x.sink for x in declared)
+            st.losses.append(Loss(*where, last + 1, head.seq, sinks, st.damaged))
+            st.suspect = None
+            return None
         msg = f"the files end at seq {last}; the shipped head is seq {head.seq}: tail cut"
         return Problem(*where, "truncated", msg)
     if last == head.seq and st.prev != head.mac:
@@ -364,7 +544,11 @@ def _tail(st: _State, head: ChainHead | None, where: tuple[str, int]) -> Problem
 def verify(
     files: Sequence[str | os.PathLike[str]], key: bytes, head: ChainHead | None = None
 ) -> VerifyResult:
-    """Check the chain over `files` (sorted by their first seq) and stop at the first problem."""
+    """Check the chain over `files` (sorted by their first seq) and stop at the first problem.
+
+    Gaps and damaged lines that the chain (or the shipped head) declares lost are listed in
+    `losses` and passed over.
+    """
     paths = sorted((Path(f) for f in files), key=_first_seq)
     st = _State(paths, key)
     where = ("-", 0)
@@ -373,15 +557,13 @@ def verify(
         boundary = True
         for no, text, ended in _lines(path):
             where = (str(path), no)
-            problem = _check(st, text, where, boundary=boundary and st.expected is not None)
-            if problem is None and not ended:
-                problem = Problem(*where, "torn", "the last line is incomplete")
+            problem = _step(st, text, where, ended=ended, boundary=boundary)
             if problem is not None:
                 break
             boundary = False
         if problem is not None:
             break
     if problem is None:
-        problem = _tail(st, head, where)
+        problem = _tail(st, head, where) or st.suspect
     last = ChainHead(st.expected - 1, st.prev) if st.expected else None
-    return VerifyResult(st.count, len(paths), st.first, last, problem)
+    return VerifyResult(st.count, len(paths), st.first, last, problem, tuple(st.losses))

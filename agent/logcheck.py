@@ -1,7 +1,8 @@
 """`aupguard logs verify|keygen`: check the record chain of record files; create a chain key.
 
 Exit codes: 0 the chain is intact, 1 a problem (printed as `file:line: kind: message`),
-2 bad input (no key, unreadable files).
+2 bad input (no key, unreadable files), 3 intact but with records the writer declared lost
+(a failed write; each printed as `file:line: lost: ...`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import TextIO
 
 from agent.chain import ChainHead, generate_key, load_key, read_head, verify
 from agent.cli import command
+
+LOSSES = 3  # exit code: intact, but records were lost to failed writes (declared, not tampering)
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -69,12 +72,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         _say(f"aupguard logs verify: {e}", file=sys.stderr)
         return 2
+    for loss in result.losses:
+        _say(str(loss))
     if result.problem is not None:
         _say(str(result.problem))
         return 1
     last = result.last.seq if result.last else None
+    lost = sum(loss.last - loss.first + 1 for loss in result.losses)
     _say(
-        f"ok: {result.records} records in {result.files} files, seq {result.first_seq}..{last}"
+        f"{'ok' if not lost else 'intact, with losses'}: {result.records} records in "
+        f"{result.files} files, seq {result.first_seq}..{last}"
         + (" (reaches the shipped head)" if args.head else " (tail unchecked: no --head)")
+        + (f"; {lost} records lost to failed writes, declared by the writer" if lost else "")
     )
-    return 0
+    return LOSSES if lost else 0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agent import writer
 from agent.chain import (
     ChainHead,
     ChainSink,
@@ -19,7 +21,7 @@ from agent.chain import (
     verify,
 )
 from agent.logcheck import _args, cmd_logs
-from agent.writer import MemorySink
+from agent.writer import JsonLinesFileSink, MemorySink
 
 KEY = bytes(range(32))
 Files = list[list[str]]
@@ -268,3 +270,172 @@ def test_a_failing_file_does_not_stop_the_chain_reaching_the_others(call: str) -
     assert len(shipped.lines) == (call == "write_lines")
     assert shipped.flushes == (call in ("flush", "close"))
     assert shipped.closed is (call == "close")
+
+
+class FillingDisk:
+    """`write_all` for a disk that fills: while `room` is set, a write keeps that many bytes
+    (then none) and fails with ENOSPC, as a real full disk does to the records file."""
+
+    def __init__(self) -> None:
+        self.room: int | None = None
+        self.write_all = writer.write_all  # the real one, before the test replaces it
+
+    def __call__(self, fd: int, data: bytes) -> tuple[int, OSError | None]:
+        if self.room is None:
+            return self.write_all(fd, data)
+        kept = min(self.room, len(data))
+        sent, _ = self.write_all(fd, data[:kept])
+        self.room = 0
+        return sent, OSError(28, "No space left on device")
+
+
+def lines(n: int, start: int) -> list[str]:
+    return [json.dumps({"event": {"id": f"e{i}"}, "n": i}) for i in range(start, start + n)]
+
+
+def fail_then_recover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room: int) -> Path:
+    """Seqs 0-4 written; 5-9, then a declaration (10) and 11-13 fail (the first failed write
+    keeping `room` bytes); after space is back, a declaration (14) and 15-18 go in."""
+    disk = FillingDisk()
+    monkeypatch.setattr(writer, "write_all", disk)
+    path = tmp_path / "records.jsonl"
+    chain = ChainSink(KEY, [JsonLinesFileSink(path)])
+    chain.write_lines(lines(5, 0))
+    disk.room = room
+    for batch in (lines(5, 5), lines(3, 10)):
+        with pytest.raises(OSError, match="No space"):
+            chain.write_lines(batch)
+    disk.room = None
+    chain.write_lines(lines(4, 13))
+    chain.close()
+    return path
+
+
+LINE = len(chained(1)[0]) + 1  # one chained test record with its line end (all are as long)
+
+
+@pytest.mark.parametrize(
+    ("room", "first", "damaged", "records"),
+    [
+        pytest.param(0, 5, 0, 10, id="nothing-written"),
+        pytest.param(40, 5, 1, 10, id="torn-line"),
+        pytest.param(LINE + 40, 6, 1, 11, id="a-line-then-a-torn-one"),
+        pytest.param(2 * LINE, 7, 0, 12, id="whole-lines-only"),
+    ],
+)
+def test_records_a_full_disk_refused_are_declared_lost_not_tampered(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    room: int,
+    first: int,
+    damaged: int,
+    records: int,
+) -> None:
+    """A gap or torn line left by a failed write is a loss the chain itself declares; it used to
+    read as `deleted` or `inserted`, the kinds tampering gives."""
+    path = fail_then_recover(tmp_path, monkeypatch, room)
+    result = verify([path], KEY)
+    assert result.ok, result.problem
+    assert [(x.first, x.last, x.damaged, x.sinks) for x in result.losses] == [
+        (first, 13, damaged, (str(path),))
+    ]
+    assert (result.records, result.last.seq if result.last else None) == (records, 18)
+
+
+def edit(path: Path, change: Callable[[list[str]], None]) -> None:
+    text = path.read_text().splitlines()
+    change(text)
+    path.write_text("".join(f"{line}\n" for line in text))
+
+
+def forge_range(text: list[str]) -> None:
+    text[5] = text[5].replace('"first_seq":5', '"first_seq":4')
+
+
+@pytest.mark.parametrize(
+    ("change", "kind"),
+    [
+        pytest.param(lambda t: t.pop(6), "deleted", id="delete-after-the-declaration"),
+        pytest.param(lambda t: t.pop(4), "deleted", id="delete-before-the-gap"),
+        pytest.param(forge_range, "modified", id="forge-the-declared-range"),
+        pytest.param(lambda t: t.insert(3, "{}"), "inserted", id="insert-before-the-gap"),
+    ],
+)
+def test_a_declared_loss_hides_no_tampering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Callable[[list[str]], None], kind: str
+) -> None:
+    """Around a declared loss, tampering is still reported: the declaration covers only the
+    seqs the writer said it lost, and its own MAC covers what it says."""
+    path = fail_then_recover(tmp_path, monkeypatch, 0)
+    edit(path, change)
+    problem = verify([path], KEY).problem
+    assert problem is not None
+    assert problem.kind == kind
+
+
+def test_every_sink_gets_the_declaration_once_the_file_takes_it() -> None:
+    """The collector's copy holds the declarations too; they stop once the file takes one."""
+    shipped = MemorySink()
+    broken = BrokenDisk()
+    chain = ChainSink(KEY, [broken, shipped])
+    for n in range(3):
+        if n == 2:
+            broken.write_lines = MemorySink().write_lines  # type: ignore[method-assign]
+        with contextlib.suppress(OSError):
+            chain.write_lines(lines(2, 0))
+    chain.write_lines(lines(2, 0))
+    actions = [json.loads(line)["event"].get("action") for line in shipped.lines]
+    assert actions == [
+        None,
+        None,
+        "records-lost",
+        None,
+        None,
+        "records-lost",
+        None,
+        None,
+        None,
+        None,
+    ]
+    declared = [json.loads(line)["aupguard"]["lost"] for line in shipped.lines if "lost" in line]
+    assert [(d[0]["first_seq"], d[0]["last_seq"]) for d in declared] == [(0, 1), (0, 4)]
+
+
+def test_a_loss_still_pending_at_close_travels_with_the_shipped_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk stays full to the end: the head shipped at close says which seqs the file
+    never took, so `verify --head` reports them lost instead of a cut tail."""
+    disk = FillingDisk()
+    monkeypatch.setattr(writer, "write_all", disk)
+    path, heads = tmp_path / "records.jsonl", MemorySink()
+    chain = ChainSink(KEY, [JsonLinesFileSink(path)], head_sinks=[heads])
+    chain.write_lines(lines(5, 0))
+    disk.room = 0
+    with pytest.raises(OSError, match="No space"):
+        chain.write_lines(lines(5, 5))
+    with pytest.raises(OSError, match="No space"):
+        chain.close()
+    head = read_head(heads.lines)
+    assert head is not None
+    result = verify([path], KEY, head)
+    assert result.ok, result.problem
+    assert [(x.first, x.last) for x in result.losses] == [(5, 10)]  # 10: the last declaration
+    cut = verify([path], KEY, ChainHead(head.seq, head.mac))  # the same head without `lost`
+    assert cut.problem is not None
+    assert cut.problem.kind == "truncated"
+
+
+def test_verify_cli_exits_3_on_declared_losses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 3, with each loss printed: intact, yet records are missing."""
+    key = tmp_path / "chain.key"
+    key.write_text(KEY.hex())
+    key.chmod(0o400)
+    path = fail_then_recover(tmp_path, monkeypatch, 40)
+    assert main(["logs", "verify", "--key", str(key), str(path)]) == 3
+    out = capsys.readouterr().out
+    assert f"{path}:7: lost: records seq 5..13 never reached the files" in out
+    assert "1 damaged line(s) skipped" in out
+    assert "intact, with losses: 10 records" in out

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from agent.chain import generate_key
 from tests.integration.conftest import DnsUpstream, dns_start, dns_write_config, fill
 
 pytestmark = pytest.mark.integration
@@ -27,20 +30,23 @@ def blocked(port: int, name: str) -> None:
     assert reply.rcode() == dns.rcode.NXDOMAIN, name
 
 
-def test_a_full_records_disk_neither_stops_answers_nor_floods_the_log(
-    dns_upstream: DnsUpstream, tmp_path: Path, small_disk: Path
-) -> None:
-    """The filter keeps answering while its records file cannot grow; the log says so once
-    (not per batch) and again when space is back; the records written after that parse."""
+def records_config(tmp_path: Path, records: Path, extra: str = "") -> Path:
+    """The DNS test config with its records file at `records` (plus `extra` records keys)."""
     config = dns_write_config(tmp_path / "cfg")
     text = config.read_text().replace(
         'records:\n  notice: {text: "We monitor."}',
-        f'records:\n  notice: {{text: "We monitor."}}\n  file: {small_disk / "records.jsonl"}',
+        f'records:\n  notice: {{text: "We monitor."}}\n  file: {records}{extra}',
     )
     assert "file:" in text
     config.write_text(text)
-    filler = fill(small_disk, leave=6000)
-    server = dns_start(config, "--listen", f"{HOST}:0", "--upstream", f"{HOST}:{dns_upstream.port}")
+    return config
+
+
+def through_a_full_disk(config: Path, upstream: DnsUpstream, disk: Path) -> list[str]:
+    """Run `aupguard dns`: 300 blocked queries while `disk` is full, 20 once space is back,
+    then SIGTERM; its log lines."""
+    filler = fill(disk, leave=6000)
+    server = dns_start(config, "--listen", f"{HOST}:0", "--upstream", f"{HOST}:{upstream.port}")
     output = list(server.output)
     reader = threading.Thread(target=lambda: output.extend(server.proc.stdout or ()), daemon=True)
     reader.start()
@@ -59,6 +65,16 @@ def test_a_full_records_disk_neither_stops_answers_nor_floods_the_log(
     finally:
         server.stop()
     reader.join(5)
+    return output
+
+
+def test_a_full_records_disk_neither_stops_answers_nor_floods_the_log(
+    dns_upstream: DnsUpstream, tmp_path: Path, small_disk: Path
+) -> None:
+    """The filter keeps answering while its records file cannot grow; the log says so once
+    (not per batch) and again when space is back; the records written after that parse."""
+    config = records_config(tmp_path, small_disk / "records.jsonl")
+    output = through_a_full_disk(config, dns_upstream, small_disk)
     events = [json.loads(line).get("event") for line in output if line.startswith("{")]
     sink_events = [e for e in events if e and e.startswith("records.sink")]
     assert sink_events == ["records.sink_failed", "records.sink_recovered"], sink_events
@@ -73,3 +89,24 @@ def test_a_full_records_disk_neither_stops_answers_nor_floods_the_log(
     assert names[0] == "before0.blocked.test"
     after = [json.loads(line)["dns"]["question"]["name"] for line in lines[-20:]]
     assert after == [f"after{n}.blocked.test" for n in range(20)]
+
+
+def test_a_full_disk_under_a_chained_file_verifies_as_a_declared_loss(
+    dns_upstream: DnsUpstream, tmp_path: Path, small_disk: Path
+) -> None:
+    """With a hash chain, what the full disk refused is declared in the chain, and
+    `logs verify` reports it as lost (exit 3); it used to report tampering (`inserted` at
+    the torn line, or `deleted`)."""
+    key = tmp_path / "chain.key"
+    generate_key(key)
+    config = records_config(tmp_path, small_disk / "records.jsonl", f"\n  chain_key_file: {key}")
+    through_a_full_disk(config, dns_upstream, small_disk)
+    verified = subprocess.run(
+        [sys.executable, "-m", "agent", "logs", "verify", "--key", str(key),
+         str(small_disk / "records.dns.jsonl")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 3, verified.stdout + verified.stderr
+    lost = [line for line in verified.stdout.splitlines() if ": lost: records seq " in line]
+    assert len(lost) == 1, verified.stdout
+    assert "intact, with losses" in verified.stdout
