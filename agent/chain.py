@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     from agent.writer import RecordSink
 
 __all__ = [
-    "GENESIS", "ChainHead", "ChainSink", "Loss", "Lost", "Problem", "VerifyResult",
-    "generate_key", "head_record", "load_key", "lost_record", "read_head", "read_last_head",
-    "resume_head", "verify",
+    "GENESIS", "ChainHead", "ChainSink", "ChainState", "Loss", "Lost", "Problem",
+    "VerifyResult", "generate_key", "head_record", "load_key", "lost_record", "read_head",
+    "read_last_head", "resume", "resume_head", "verify",
 ]  # fmt: skip
 
 GENESIS = "0" * 64
@@ -182,9 +182,11 @@ class ChainSink:
         head_sinks: Sequence[RecordSink] = (),
         head_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
+        state: ChainState | None = None,
     ) -> None:
         self._key = key
         self._sinks = tuple(sinks)
+        self._names = [sink_name(sink) for sink in self._sinks]
         self._head_sinks = tuple(head_sinks)
         self._interval = head_interval
         self._clock = clock
@@ -192,7 +194,9 @@ class ChainSink:
         self._prev = head.mac if head else GENESIS
         self._shipped: ChainHead | None = None
         self._last_ship = clock()
-        self._lost: dict[int, Lost] = {}  # by index in `sinks`: seqs not yet declared lost
+        # by sink name: seqs not yet declared lost (a resumed head brings a run's last ones)
+        self._lost: dict[str, Lost] = {lost.sink: lost for lost in head.lost} if head else {}
+        self._state = state
 
     @property
     def head(self) -> ChainHead | None:
@@ -218,12 +222,14 @@ class ChainSink:
             seq += 1
         self._seq, self._prev = seq, prev
         failed = _call_each(self._sinks, lambda sink: sink.write_lines(out))
-        for index, sink in enumerate(self._sinks):
+        for index, name in enumerate(self._names):
             if index not in failed:
-                self._lost.pop(index, None)
+                self._lost.pop(name, None)
             elif out:
-                since = self._lost[index].first if index in self._lost else first
-                self._lost[index] = Lost(sink_name(sink), since, seq - 1)
+                since = self._lost[name].first if name in self._lost else first
+                self._lost[name] = Lost(name, since, seq - 1)
+        if failed and self._state is not None and (head := self.head) is not None:
+            self._state.save(head)  # the files now lag the chain: a restart must know
         _raise(failed)
         if self._clock() - self._last_ship >= self._interval:
             self.flush()  # the files first: a shipped head never runs ahead of them
@@ -257,6 +263,8 @@ class ChainSink:
             finally:
                 self.flush()
         finally:
+            if self._state is not None:
+                self._state.close()
             _each(self._sinks, lambda sink: sink.close())
 
 
@@ -287,6 +295,77 @@ def _raise(failed: dict[int, Exception]) -> None:
         raise errors[0]
     if errors:
         raise ExceptionGroup("record sinks failed", errors)
+
+
+class ChainState:
+    """The chain's head saved beside the records file whenever a write fails.
+
+    A restart resumes the chain from the newest line of the records file. After a failed
+    write the chain has gone further (the collector took seqs the file did not), and
+    resuming from the file would issue those seqs again: a forked chain. So the head, with
+    its undeclared losses, is saved after every failed write, into space reserved when the
+    sink starts (a full disk must not refuse it), and `resume` takes the newer of the two.
+    """
+
+    SIZE = 4096  # reserved bytes: the head and a few sinks' losses
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def reserve(self) -> None:
+        """Create the file with its space allocated (OSError if the disk refuses)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            if os.fstat(fd).st_size < self.SIZE:
+                os.posix_fallocate(fd, 0, self.SIZE)
+                os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def save(self, head: ChainHead) -> None:
+        """Overwrite the saved head in place (nothing when no space was reserved)."""
+        if self._fd is None:
+            return
+        state = {"seq": head.seq, "mac": head.mac, "lost": [x.as_field() for x in head.lost]}
+        data = json.dumps(state, separators=(",", ":")).encode()
+        if len(data) < self.SIZE:
+            os.pwrite(self._fd, data.ljust(self.SIZE), 0)
+
+    def load(self) -> ChainHead | None:
+        """The saved head; None when there is none. ValueError when it is unreadable."""
+        try:
+            text = self.path.read_bytes().strip()
+        except FileNotFoundError:
+            return None
+        if not text.strip(b"\0"):
+            return None
+        try:
+            state = json.loads(text)
+            lost = tuple(Lost.from_field(x) for x in state["lost"])
+            return ChainHead(int(state["seq"]), str(state["mac"]), lost)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{self.path}: not a saved chain head: {e}") from e
+
+    def close(self) -> None:
+        """Release the reserved file."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def resume(files: Sequence[str | os.PathLike[str]], state: ChainState) -> ChainHead | None:
+    """Where a restarted chain goes on: the files' newest head, or the saved one if newer.
+
+    A saved head ahead of the files also declares what they lack: the sinks it names missed
+    their seqs up to it, so the first batch after the restart says so.
+    """
+    head, saved = resume_head(files), state.load()
+    if saved is None or (head is not None and head.seq >= saved.seq):
+        return head
+    return saved
 
 
 def read_last_head(path: str | os.PathLike[str]) -> ChainHead | None:
@@ -505,9 +584,9 @@ def _step(
 ) -> Problem | None:
     """Check one line; a gap or damage that a `records-lost` record declares is a loss."""
     chained = _SUFFIX.search(text) is not None
-    if st.suspect is not None:  # after damage: only unchained lines, then a declaration
-        if chained and _declared(st, text, where):
-            return None
+    if chained and _declared(st, text, where):
+        return None  # a gap, damage or the files' first seqs, which the writer declared lost
+    if st.suspect is not None:  # after damage: more damage, or no declaration after all
         if chained:
             return st.suspect
         st.damaged += 1
@@ -515,10 +594,8 @@ def _step(
     problem = _check(st, text, where, boundary=boundary and st.expected is not None)
     if problem is None and not ended:
         problem = Problem(*where, "torn", "the last line is incomplete")
-    if problem is None or (chained and _declared(st, text, where)):
-        return None
-    if not chained or problem.kind == "torn":  # damage: a declaration may follow
-        st.suspect, st.damaged = problem, 1
+    if problem is not None and (not chained or problem.kind == "torn"):
+        st.suspect, st.damaged = problem, 1  # damage: a declaration may follow
         return None
     return problem
 

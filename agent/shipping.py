@@ -38,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.chain import ChainSink, load_key, resume_head
+from agent.chain import ChainHead, ChainSink, ChainState, load_key, resume, resume_head
 from agent.logs import get_logger
 from agent.metrics import RECORDS_DROPPED, SPOOL_DEPTH
 from agent.records import dropped_record, format_timestamp
@@ -681,8 +681,31 @@ def record_sinks(section: RecordsSection) -> tuple[list[RecordSink], SyslogSink 
     downstream = [*files, *([syslog] if syslog else [])]
     if section.chain_key_file is None or not downstream:
         return downstream, syslog
-    head = resume_head(rotated_files(section.file)) if section.file is not None else None
-    chain = ChainSink(load_key(section.chain_key_file), downstream, head=head,
-                      head_sinks=[syslog] if syslog else [],
-                      head_interval=section.chain_head_interval)  # fmt: skip
+    key = load_key(section.chain_key_file)
+    head, state = (None, None) if section.file is None else _chain_state(section.file)
+    chain = ChainSink(key, downstream, head=head, head_sinks=[syslog] if syslog else [],
+                      head_interval=section.chain_head_interval, state=state)  # fmt: skip
     return [chain], syslog
+
+
+def _chain_state(file: Path) -> tuple[ChainHead | None, ChainState | None]:
+    """Where the chain of the records at `file` goes on, and its saved state beside them.
+
+    A state that cannot be read or reserved is logged, not fatal: the gateway starts, and
+    only a restart after a failed write could then reuse seqs.
+    """
+    state = ChainState(file.with_name(f"{file.name}.chain"))
+    files = rotated_files(file)
+    try:
+        head = resume(files, state)
+    except ValueError as e:
+        _log.error("records.chain_state_unreadable", error=str(e), detail="resuming the "
+                   "chain from the records files")  # fmt: skip
+        head = resume_head(files)
+    try:
+        state.reserve()
+    except OSError as e:
+        _log.error("records.chain_state_unavailable", path=str(state.path), error=str(e),
+                   detail="a restart after a failed write may reuse seqs")  # fmt: skip
+        return head, None
+    return head, state

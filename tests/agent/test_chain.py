@@ -14,10 +14,12 @@ from agent import writer
 from agent.chain import (
     ChainHead,
     ChainSink,
+    ChainState,
     generate_key,
     load_key,
     read_head,
     read_last_head,
+    resume,
     verify,
 )
 from agent.logcheck import _args, cmd_logs
@@ -439,3 +441,82 @@ def test_verify_cli_exits_3_on_declared_losses(
     assert f"{path}:7: lost: records seq 5..13 never reached the files" in out
     assert "1 damaged line(s) skipped" in out
     assert "intact, with losses: 10 records" in out
+
+
+def seqs(lines: list[str]) -> list[int]:
+    return [json.loads(line)["aupguard.chain"]["seq"] for line in lines]
+
+
+@pytest.mark.parametrize("room", [0, 40])
+def test_a_restart_after_a_failed_write_goes_on_from_the_collectors_seqs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room: int
+) -> None:
+    """The disk is still full when the gateway stops. The restarted chain goes on after the
+    last seq the collector took, and declares what the file lacks; resuming from the file,
+    it used to issue seqs 5.. again: a forked chain at the collector."""
+    disk = FillingDisk()
+    monkeypatch.setattr(writer, "write_all", disk)
+    path, shipped = tmp_path / "records.jsonl", MemorySink()
+
+    def start() -> ChainSink:
+        state = ChainState(f"{path}.chain")
+        head = resume([path], state)
+        state.reserve()
+        return ChainSink(KEY, [JsonLinesFileSink(path), shipped], head=head, state=state)
+
+    chain = start()
+    chain.write_lines(lines(5, 0))
+    disk.room = room
+    with pytest.raises(OSError, match="No space"):
+        chain.write_lines(lines(5, 5))
+    with pytest.raises(OSError, match="No space"):
+        chain.close()  # its last declaration fails too
+    disk.room = None
+    chain = start()
+    chain.write_lines(lines(3, 10))
+    chain.close()
+    assert seqs(shipped.lines) == list(range(len(shipped.lines)))  # no seq issued twice
+    result = verify([path], KEY)
+    assert result.ok, result.problem
+    assert [(x.first, x.last, x.damaged) for x in result.losses] == [(5, 10, room > 0)]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param(None, None, id="absent"),
+        pytest.param(b"\0" * 4096, None, id="reserved-never-written"),
+        pytest.param(b'{"seq":7,"mac":"ab","lost":[]}'.ljust(4096), ChainHead(7, "ab"), id="saved"),
+        pytest.param(b'{"seq":"x"}', ValueError, id="damaged"),
+    ],
+)
+def test_chain_state_load(tmp_path: Path, content: bytes | None, expected: object) -> None:
+    """A saved head is read back; a damaged one is a ValueError naming the file."""
+    state = ChainState(tmp_path / "records.jsonl.chain")
+    if content is not None:
+        state.path.write_bytes(content)
+    if expected is ValueError:
+        with pytest.raises(ValueError, match=r"records\.jsonl\.chain: not a saved chain head"):
+            state.load()
+    else:
+        assert state.load() == expected
+
+
+def test_a_file_that_begins_with_a_declaration_reports_the_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk was full from the start: the file's first line declares seqs 0.. lost; that
+    used to pass as a set whose oldest records had gone by retention."""
+    disk = FillingDisk()
+    monkeypatch.setattr(writer, "write_all", disk)
+    path = tmp_path / "records.jsonl"
+    chain = ChainSink(KEY, [JsonLinesFileSink(path)])
+    disk.room = 0
+    with pytest.raises(OSError, match="No space"):
+        chain.write_lines(lines(5, 0))
+    disk.room = None
+    chain.write_lines(lines(2, 5))
+    result = verify([path], KEY)
+    assert result.ok, result.problem
+    assert [(x.first, x.last) for x in result.losses] == [(0, 4)]
+    assert (result.records, result.first_seq) == (3, 5)
