@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from agent.writer import RecordSink
 
 __all__ = [
-    "GENESIS", "ChainHead", "ChainSink", "ChainState", "Loss", "Lost", "Problem",
+    "GENESIS", "ChainHead", "ChainSink", "ChainState", "Loss", "Missed", "Problem",
     "VerifyResult", "generate_key", "head_record", "load_key", "lost_record", "read_head",
     "read_last_head", "resume", "resume_head", "verify",
 ]  # fmt: skip
@@ -57,8 +57,8 @@ _MAX_LINE = 1 << 20  # no record line is this long (URL fields are cut at 8 KiB)
 
 
 @dataclass(frozen=True, slots=True)
-class Lost:
-    """Seqs `first`..`last` that `sink` failed to take (a write failed)."""
+class Missed:
+    """Seqs `first`..`last` that `sink` missed: a write to it failed."""
 
     sink: str
     first: int
@@ -69,7 +69,7 @@ class Lost:
         return {"sink": self.sink, "first_seq": self.first, "last_seq": self.last}
 
     @classmethod
-    def from_field(cls, field: Any) -> Lost:
+    def from_field(cls, field: Any) -> Missed:
         """Read an `aupguard.lost` entry; ValueError/KeyError/TypeError when it is not one."""
         return cls(str(field["sink"]), int(field["first_seq"]), int(field["last_seq"]))
 
@@ -80,7 +80,7 @@ class ChainHead:
 
     seq: int
     mac: str
-    lost: tuple[Lost, ...] = ()
+    lost: tuple[Missed, ...] = ()  # what sinks missed, not yet declared in the chain
 
 
 def _mac(key: bytes, seq: int, prev: str, body: str) -> str:
@@ -141,10 +141,10 @@ def head_record(head: ChainHead, now: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def lost_record(losses: Sequence[Lost], now: float) -> dict[str, Any]:
-    """The chained record declaring seqs that sinks failed to take."""
+def lost_record(missed: Sequence[Missed], now: float) -> dict[str, Any]:
+    """The chained record declaring seqs that sinks missed."""
     eid = new_event_id(now)
-    said = "; ".join(f"seq {x.first}..{x.last} did not reach {x.sink}" for x in losses)
+    said = "; ".join(f"seq {x.first}..{x.last} did not reach {x.sink}" for x in missed)
     return {
         "@timestamp": format_timestamp(now),
         "ecs": {"version": ECS_VERSION},
@@ -152,7 +152,7 @@ def lost_record(losses: Sequence[Lost], now: float) -> dict[str, Any]:
                   "outcome": "failure", "dataset": DATASET,
                   "reason": f"records lost to a failed write: {said}"},
         "observer": {"product": "aupguard"},
-        "aupguard": {"reference_id": eid, "lost": [x.as_field() for x in losses]},
+        "aupguard": {"reference_id": eid, "lost": [x.as_field() for x in missed]},
     }  # fmt: skip
 
 
@@ -195,7 +195,7 @@ class ChainSink:
         self._shipped: ChainHead | None = None
         self._last_ship = clock()
         # by sink name: seqs not yet declared lost (a resumed head brings a run's last ones)
-        self._lost: dict[str, Lost] = {lost.sink: lost for lost in head.lost} if head else {}
+        self._lost: dict[str, Missed] = {lost.sink: lost for lost in head.lost} if head else {}
         self._state = state
 
     @property
@@ -227,9 +227,12 @@ class ChainSink:
                 self._lost.pop(name, None)
             elif out:
                 since = self._lost[name].first if name in self._lost else first
-                self._lost[name] = Lost(name, since, seq - 1)
+                self._lost[name] = Missed(name, since, seq - 1)
         if failed and self._state is not None and (head := self.head) is not None:
-            self._state.save(head)  # the files now lag the chain: a restart must know
+            try:
+                self._state.save(head)  # the files now lag the chain: a restart must know
+            except OSError as e:  # raised with the sinks' failures
+                failed[len(self._sinks)] = e
         _raise(failed)
         if self._clock() - self._last_ship >= self._interval:
             self.flush()  # the files first: a shipped head never runs ahead of them
@@ -344,7 +347,7 @@ class ChainState:
             return None
         try:
             state = json.loads(text)
-            lost = tuple(Lost.from_field(x) for x in state["lost"])
+            lost = tuple(Missed.from_field(x) for x in state["lost"])
             return ChainHead(int(state["seq"]), str(state["mac"]), lost)
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{self.path}: not a saved chain head: {e}") from e
@@ -413,7 +416,7 @@ def read_head(lines: Iterable[str]) -> ChainHead | None:
         try:
             rec = json.loads(line[line.index("{") :])
             h = rec["aupguard"]["chain_head"]
-            lost = tuple(Lost.from_field(x) for x in h.get("lost", ()))
+            lost = tuple(Missed.from_field(x) for x in h.get("lost", ()))
             head = ChainHead(int(h["seq"]), str(h["mac"]), lost)
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
@@ -563,7 +566,7 @@ def _declared(st: _State, text: str, where: tuple[str, int]) -> bool:
     if not hmac.compare_digest(_mac(st.key, seq, prev, text[: m.start()]), mac):
         return False
     try:
-        declared = [Lost.from_field(x) for x in json.loads(text)["aupguard"]["lost"]]
+        declared = [Missed.from_field(x) for x in json.loads(text)["aupguard"]["lost"]]
     except (ValueError, KeyError, TypeError):
         return False
     first = st.expected if st.expected is not None else min(x.first for x in declared)
