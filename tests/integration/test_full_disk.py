@@ -19,7 +19,13 @@ import dns.rcode
 import pytest
 
 from agent.chain import generate_key
-from tests.integration.conftest import DnsUpstream, dns_start, dns_write_config, fill
+from tests.integration.conftest import (
+    DnsProcess,
+    DnsUpstream,
+    dns_start,
+    dns_write_config,
+    fill,
+)
 
 pytestmark = pytest.mark.integration
 HOST = "127.0.0.1"
@@ -42,30 +48,53 @@ def records_config(tmp_path: Path, records: Path, extra: str = "") -> Path:
     return config
 
 
-def through_a_full_disk(config: Path, upstream: DnsUpstream, disk: Path) -> list[str]:
+def through_a_full_disk(
+    config: Path, upstream: DnsUpstream, disk: Path, *, restart: bool = False
+) -> list[str]:
     """Run `aupguard dns`: 300 blocked queries while `disk` is full, 20 once space is back,
-    then SIGTERM; its log lines."""
+    then SIGTERM; its log lines. With `restart`, it is stopped while the disk is still full
+    and started again once space is back."""
     filler = fill(disk, leave=6000)
-    server = dns_start(config, "--listen", f"{HOST}:0", "--upstream", f"{HOST}:{upstream.port}")
-    output = list(server.output)
-    reader = threading.Thread(target=lambda: output.extend(server.proc.stdout or ()), daemon=True)
-    reader.start()
+    output: list[str] = []
+    server, reader = start(config, upstream, output)
     try:
         for n in range(300):  # ~700 bytes of record each: the disk is full after ~10
             blocked(server.port, f"before{n}.blocked.test")
             if n % 20 == 0:
                 time.sleep(0.01)  # let the writer take batches, each of which fails
         time.sleep(0.5)
+        if restart:
+            stop(server, reader)
         filler.unlink()
+        if restart:
+            server, reader = start(config, upstream, output)
         for n in range(20):
             blocked(server.port, f"after{n}.blocked.test")
         time.sleep(1.5)  # the writer lingers 1 ms; a second is ample for 20 records
+    finally:
+        stop(server, reader)
+    return output
+
+
+def start(
+    config: Path, upstream: DnsUpstream, output: list[str]
+) -> tuple[DnsProcess, threading.Thread]:
+    """`aupguard dns` on `config`, its log lines collected into `output` as they come."""
+    server = dns_start(config, "--listen", f"{HOST}:0", "--upstream", f"{HOST}:{upstream.port}")
+    output.extend(server.output)
+    reader = threading.Thread(target=lambda: output.extend(server.proc.stdout or ()), daemon=True)
+    reader.start()
+    return server, reader
+
+
+def stop(server: DnsProcess, reader: threading.Thread) -> None:
+    """SIGTERM; it must exit cleanly."""
+    try:
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(20) == 0
     finally:
         server.stop()
     reader.join(5)
-    return output
 
 
 def test_a_full_records_disk_neither_stops_answers_nor_floods_the_log(
@@ -91,16 +120,18 @@ def test_a_full_records_disk_neither_stops_answers_nor_floods_the_log(
     assert after == [f"after{n}.blocked.test" for n in range(20)]
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted-while-full"])
 def test_a_full_disk_under_a_chained_file_verifies_as_a_declared_loss(
-    dns_upstream: DnsUpstream, tmp_path: Path, small_disk: Path
+    dns_upstream: DnsUpstream, tmp_path: Path, small_disk: Path, restart: bool
 ) -> None:
     """With a hash chain, what the full disk refused is declared in the chain, and
     `logs verify` reports it as lost (exit 3); it used to report tampering (`inserted` at
-    the torn line, or `deleted`)."""
+    the torn line, or `deleted`). Stopped while the disk is full, the gateway goes on after
+    the last seq it issued (saved beside the file) instead of issuing those seqs again."""
     key = tmp_path / "chain.key"
     generate_key(key)
     config = records_config(tmp_path, small_disk / "records.jsonl", f"\n  chain_key_file: {key}")
-    through_a_full_disk(config, dns_upstream, small_disk)
+    through_a_full_disk(config, dns_upstream, small_disk, restart=restart)
     verified = subprocess.run(
         [sys.executable, "-m", "agent", "logs", "verify", "--key", str(key),
          str(small_disk / "records.dns.jsonl")],
