@@ -60,6 +60,11 @@ RECORDS_DROPPED = Counter(
     " or the syslog spool (full: the records files still hold them).",
     ["stage"],
 )
+RECORDS_UNCONFIRMED = Counter(
+    "aupguard_records_unconfirmed",
+    "Records sent on a collector connection that then died, which the full syslog spool could"
+    " not take back to send again: most likely delivered, and still in the records files.",
+)
 RECORD_SINK_ERRORS = Counter(
     "aupguard_record_sink_errors", "Failed calls to a records sink, by sink.", ["sink"]
 )

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from agent.chain import ChainHead, ChainSink, ChainState, load_key, resume, resume_head
 from agent.logs import get_logger
-from agent.metrics import RECORDS_DROPPED, SPOOL_DEPTH
+from agent.metrics import RECORDS_DROPPED, RECORDS_UNCONFIRMED, SPOOL_DEPTH
 from agent.records import dropped_record, format_timestamp
 from agent.rotation import RotatingFileSink, rotated_files
 from agent.writer import JsonLinesFileSink, RecordWriter, write_all
@@ -306,6 +306,7 @@ class SyslogSink:
         self._clear_failed = False  # logged once until a clear works again
         self.sent = self.spooled = self.resent = self.dropped = self._reported = 0
         self.near_full_alerts = self.reconnects = 0
+        self.unconfirmed = 0  # sent once, then neither confirmed nor spooled again (`_lost`)
 
     # --- connection -------------------------------------------------------------------
 
@@ -393,7 +394,7 @@ class SyslogSink:
         self._drained = 0
         self.spool.rewind(recent[older:])
         if older:
-            self._to_spool(recent[:older])
+            self._to_spool(recent[:older], sent=True)
 
     def _ready(self) -> bool:
         """True when the connection can take more without the writer thread waiting.
@@ -452,11 +453,13 @@ class SyslogSink:
 
     # --- spool ------------------------------------------------------------------------
 
-    def _to_spool(self, lines: list[str]) -> None:
+    def _to_spool(self, lines: list[str], *, sent: bool = False) -> None:
         """Spool `lines`; what it cannot take (full, or on a full disk) is dropped.
 
         Dropped lines are counted and, under `fail_closed`, suspend enforcement until the
-        spool has drained.
+        spool has drained. Lines `sent` once already (a dead connection's resend window)
+        that it cannot take back are counted as unconfirmed instead, and suspend nothing:
+        the collector most likely has them (a loss swallows a few), the files do too.
         """
         error = None
         try:
@@ -470,7 +473,13 @@ class SyslogSink:
             _log.error("records.spool_near_full", spool=str(self.spool.path),
                        size=self.spool.size, max_bytes=self.spool.max_bytes)  # fmt: skip
         lost = len(lines) - accepted
-        if lost:
+        if lost and sent:
+            self.unconfirmed += lost
+            RECORDS_UNCONFIRMED.inc(lost)
+            _log.warning("records.resend_unspooled", spool=str(self.spool.path), lines=lost,
+                         error=error, detail="sent once before the connection died; not "
+                         "sent again: the spool could not take them back")  # fmt: skip
+        elif lost:
             if self.dropped == self._reported:  # once per episode; the metric counts each
                 _log.error("records.spool_full", spool=str(self.spool.path),
                            policy=str(self.policy), error=error)  # fmt: skip

@@ -715,3 +715,24 @@ def test_spool_survives_a_restart_and_is_sent_first(tmp_path: Path) -> None:
     assert [r["n"] for r in received.wait(30)] == list(range(30))
     received.close()
     again.close()
+
+
+@pytest.mark.parametrize("policy", [SpoolFull.FAIL_CLOSED, SpoolFull.DROP])
+def test_a_resend_window_the_full_spool_cannot_take_is_unconfirmed_not_dropped(
+    tmp_path: Path, policy: SpoolFull
+) -> None:
+    """A collector connection dies while the spool is full: the lines sent on it, which it
+    may have swallowed, cannot go back to the spool. They were sent, and most arrived: they
+    are counted as unconfirmed and stop no enforcement. They used to count as dropped (31
+    reported where 1 was lost) and set fail_closed."""
+    sink = sink_to(free_port(), tmp_path, spool_bytes=300, policy=policy)
+    sink._to_spool([json.dumps(record(0))])  # the spool is full after this one
+    assert (sink.spooled, sink.dropped) == (1, 0)
+    sink._remember([json.dumps(record(i)) for i in range(1, 4)])  # sent, unconfirmed
+    sink._lost("test")
+    assert (sink.unconfirmed, sink.dropped, sink.resent) == (3, 0, 3)
+    assert not sink.fail_closed.is_set()
+    sink._to_spool([json.dumps(record(4))])  # a new record the full spool refuses: dropped
+    assert sink.dropped == 1
+    assert sink.fail_closed.is_set() is (policy is SpoolFull.FAIL_CLOSED)
+    sink.close()
