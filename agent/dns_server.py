@@ -147,16 +147,36 @@ class DnsFilter:
 
     def answer(self, data: bytes, ip: str, now: float, *, udp: bool) -> bytes | Lookup | None:
         """The reply to `data` from `ip` (None: drop), or a Lookup that needs the upstreams."""
-        if udp:
-            replays = self._replays.get(ip)
-            replay = None if replays is None else replays.get(data[2:])
+        return self.answer_udp(data, ip, now) if udp else self._decide(data, ip, now, udp=False)
+
+    def answer_udp(self, data: bytes, ip: str, now: float) -> bytes | Lookup | None:
+        """`answer` for a datagram: the hot path, so a replay is sent again from here.
+
+        A remembered answer is counted, recorded from its template and sent with the
+        client's id patched in; its TTLs count down each second. One call and one keyword
+        less per datagram than going through `answer` and a `_replay` (bench_dns).
+        """
+        replays = self._replays.get(ip)
+        if replays is not None:
+            replay = replays.get(data[2:])
             if (
                 replay is not None
                 and replay.engine is self.runtime.engine
                 and (now < replay.until or self._renew(replay, now))
             ):
-                return self._replay(replay, data, ip, now)
-        return self._decide(data, ip, now, udp=udp)
+                halt, limiter = self._halt, self.limiter
+                if (halt is not None and halt.is_set()) or (
+                    limiter is not None and not limiter.allow(ip, now)
+                ):  # (a refused token is not taken: the full path asks the limiter again)
+                    return self._forget(replays, data, ip, now)
+                for cell in replay.counts:  # `bump`, inlined
+                    cell[0] += 1
+                if replay.template is not None:
+                    self.recorder.stamp(replay.template, now, data[0] << 8 | data[1])
+                if now >= replay.refresh_at:  # a cached answer: its TTLs counted down a second
+                    replay.refresh(data, now)
+                return data[:2] + replay.tail
+        return self._decide(data, ip, now, udp=True)
 
     def _renew(self, replay: Replay, now: float) -> bool:
         """Carry a replay into a new minute if its decision and cached answer still hold."""
@@ -276,25 +296,18 @@ class DnsFilter:
             self._replays_kept += len(kept) - before
         return fitted
 
-    def _replay(self, replay: Replay, data: bytes, ip: str, now: float) -> bytes:
-        """Send a remembered answer again: count it, record it, patch in the client's id."""
-        halt = self._halt
-        if (halt is not None and halt.is_set()) or (
-            self.limiter is not None and not self.limiter.allow(ip, now)
-        ):  # (a refused token is not taken: the full path asks the limiter again)
-            kept = self._replays[ip]
-            del kept[data[2:]]
-            if not kept:  # an empty table per client would outlive the bound on replays
-                del self._replays[ip]
-            self._replays_kept -= 1
-            return self._decide(data, ip, now, udp=True)  # type: ignore[return-value]  # bytes
-        for cell in replay.counts:  # `bump`, inlined
-            cell[0] += 1
-        if replay.template is not None:
-            self.recorder.stamp(replay.template, now, data[0] << 8 | data[1])
-        if now >= replay.refresh_at:  # a cached answer: its TTLs counted down a second
-            replay.refresh(data, now)
-        return data[:2] + replay.tail
+    def _forget(
+        self, replays: dict[bytes, Replay], data: bytes, ip: str, now: float
+    ) -> bytes | Lookup | None:
+        """Drop the client's replay of `data` and answer it the full way.
+
+        For a gateway failing closed, or a client over its rate limit: the full path says so.
+        """
+        del replays[data[2:]]
+        if not replays:  # an empty table per client would outlive the bound on replays
+            del self._replays[ip]
+        self._replays_kept -= 1
+        return self._decide(data, ip, now, udp=True)
 
     def _admit(self, data: bytes, q: Question, client: Client, now: float) -> bytes | None:
         """REFUSED for clients outside allow_clients or over the rate limit, else None."""
@@ -471,7 +484,7 @@ class UdpServer:
         clock read per run instead of per datagram, and the record writer formats each time
         once (`render_stamps`).
         """
-        recv, buffer, answer = self.sock.recvfrom_into, self.buffer, self.core.answer
+        recv, buffer, answer = self.sock.recvfrom_into, self.buffer, self.core.answer_udp
         sendto, unsent = self.sock.sendto, self.unsent
         now = time.time()
         for _ in range(self.RUN):
@@ -485,7 +498,7 @@ class UdpServer:
                 continue
             data = buffer[:size].tobytes()
             try:
-                result = answer(data, addr[0], now, udp=True)
+                result = answer(data, addr[0], now)
             except (ValueError, IndexError, UnicodeError) as e:  # a packet we failed to read
                 _log.warning("dns_bad_packet", client=addr[0], error=repr(e))
                 continue
