@@ -222,6 +222,8 @@ class ChainSink:
             seq += 1
         self._seq, self._prev = seq, prev
         failed = _call_each(self._sinks, lambda sink: sink.write_lines(out))
+        if not failed:  # every sink took the declaration (also of a sink since renamed)
+            self._lost.clear()
         for index, name in enumerate(self._names):
             if index not in failed:
                 self._lost.pop(name, None)

@@ -15,6 +15,7 @@ from agent.chain import (
     ChainHead,
     ChainSink,
     ChainState,
+    Missed,
     generate_key,
     load_key,
     read_head,
@@ -520,3 +521,15 @@ def test_a_file_that_begins_with_a_declaration_reports_the_loss(
     assert result.ok, result.problem
     assert [(x.first, x.last) for x in result.losses] == [(0, 4)]
     assert (result.records, result.first_seq) == (3, 5)
+
+
+def test_a_declaration_for_a_sink_gone_since_the_restart_is_made_once() -> None:
+    """A saved head names a sink the restarted gateway no longer has (the collector moved):
+    its loss is declared once, not at the head of every batch forever."""
+    shipped = MemorySink()
+    head = ChainHead(4, "0" * 64, (Missed("syslog 192.0.2.1:514", 3, 4),))
+    chain = ChainSink(KEY, [shipped], head=head)
+    chain.write_lines(lines(2, 0))
+    chain.write_lines(lines(2, 2))
+    actions = [json.loads(line)["event"].get("action") for line in shipped.lines]
+    assert actions == ["records-lost", None, None, None, None]
