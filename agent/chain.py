@@ -58,20 +58,27 @@ _MAX_LINE = 1 << 20  # no record line is this long (URL fields are cut at 8 KiB)
 
 @dataclass(frozen=True, slots=True)
 class Missed:
-    """Seqs `first`..`last` that `sink` missed: a write to it failed."""
+    """Seqs `first`..`last` that `sink` missed: a write to it failed.
+
+    `kind` is "file" for a records file: only such a declaration explains a gap in the
+    files (one for the collector must not excuse records deleted from a file).
+    """
 
     sink: str
     first: int
     last: int
+    kind: str = "file"
 
     def as_field(self) -> dict[str, Any]:
         """The entry of `aupguard.lost` (in `records-lost` records and shipped heads)."""
-        return {"sink": self.sink, "first_seq": self.first, "last_seq": self.last}
+        return {"sink": self.sink, "kind": self.kind, "first_seq": self.first,
+                "last_seq": self.last}  # fmt: skip
 
     @classmethod
     def from_field(cls, field: Any) -> Missed:
         """Read an `aupguard.lost` entry; ValueError/KeyError/TypeError when it is not one."""
-        return cls(str(field["sink"]), int(field["first_seq"]), int(field["last_seq"]))
+        return cls(str(field["sink"]), int(field["first_seq"]), int(field["last_seq"]),
+                   str(field["kind"]))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +163,15 @@ def lost_record(missed: Sequence[Missed], now: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def sink_name(sink: object) -> str:
-    """How a `records-lost` record names a sink: its file, its collector, or its class."""
+def sink_name(sink: object) -> tuple[str, str]:
+    """How a `records-lost` record names a sink, and its kind: a file, a collector, other."""
     path = getattr(sink, "path", None)
     if path is not None:
-        return str(path)
+        return str(path), "file"
     address = getattr(sink, "address", None)
     if isinstance(address, tuple) and len(address) == 2:  # (host, port)
-        return f"syslog {address[0]}:{address[1]}"
-    return type(sink).__name__
+        return f"syslog {address[0]}:{address[1]}", "collector"
+    return type(sink).__name__, "other"
 
 
 class ChainSink:
@@ -224,12 +231,12 @@ class ChainSink:
         failed = _call_each(self._sinks, lambda sink: sink.write_lines(out))
         if not failed:  # every sink took the declaration (also of a sink since renamed)
             self._lost.clear()
-        for index, name in enumerate(self._names):
+        for index, (name, kind) in enumerate(self._names):
             if index not in failed:
                 self._lost.pop(name, None)
             elif out:
                 since = self._lost[name].first if name in self._lost else first
-                self._lost[name] = Missed(name, since, seq - 1)
+                self._lost[name] = Missed(name, since, seq - 1, kind)
         if failed and self._state is not None and (head := self.head) is not None:
             try:
                 self._state.save(head)  # the files now lag the chain: a restart must know
@@ -571,6 +578,9 @@ def _declared(st: _State, text: str, where: tuple[str, int]) -> bool:
         declared = [Missed.from_field(x) for x in json.loads(text)["aupguard"]["lost"]]
     except (ValueError, KeyError, TypeError):
         return False
+    declared = [x for x in declared if x.kind == "file"]  # what a file missed, not a collector
+    if not declared:
+        return False
     first = st.expected if st.expected is not None else min(x.first for x in declared)
     covering = [x for x in declared if x.first <= first and x.last >= seq - 1]
     if not covering or first > seq - 1:
@@ -610,7 +620,9 @@ def _tail(st: _State, head: ChainHead | None, where: tuple[str, int]) -> Problem
         return None
     last = (st.expected or 0) - 1
     if last < head.seq:
-        declared = [x for x in head.lost if x.first <= last + 1 and x.last >= head.seq]
+        declared = [
+            x for x in head.lost if x.kind == "file" and x.first <= last + 1 and x.last >= head.seq
+        ]
         if declared:  # the disk never took them: the head shipped meanwhile says so
             sinks = tuple(x.sink for x in declared)
             st.losses.append(Loss(*where, last + 1, head.seq, sinks, st.damaged))

@@ -527,9 +527,30 @@ def test_a_declaration_for_a_sink_gone_since_the_restart_is_made_once() -> None:
     """A saved head names a sink the restarted gateway no longer has (the collector moved):
     its loss is declared once, not at the head of every batch forever."""
     shipped = MemorySink()
-    head = ChainHead(4, "0" * 64, (Missed("syslog 192.0.2.1:514", 3, 4),))
+    head = ChainHead(4, "0" * 64, (Missed("syslog 192.0.2.1:514", 3, 4, "collector"),))
     chain = ChainSink(KEY, [shipped], head=head)
     chain.write_lines(lines(2, 0))
     chain.write_lines(lines(2, 2))
     actions = [json.loads(line)["event"].get("action") for line in shipped.lines]
     assert actions == ["records-lost", None, None, None, None]
+
+
+def test_a_declaration_for_the_collector_excuses_no_gap_in_the_file(tmp_path: Path) -> None:
+    """The collector missed seqs the file holds; deleting them from the file is tampering,
+    not a loss, although a `records-lost` record names those seqs."""
+    refusing = BrokenDisk()
+    refusing.path = None  # type: ignore[attr-defined]
+    refusing.address = ("192.0.2.1", 514)  # type: ignore[attr-defined]
+    file = MemorySink()
+    chain = ChainSink(KEY, [file, refusing])
+    with pytest.raises(OSError, match="No space"):
+        chain.write_lines(lines(5, 0))
+    refusing.write_lines = MemorySink().write_lines  # type: ignore[method-assign]
+    chain.write_lines(lines(2, 5))  # declares seqs 0-4 missed by the collector
+    assert "syslog 192.0.2.1:514" in file.lines[5]
+    intact = write(tmp_path, [file.lines])
+    assert verify(intact, KEY).losses == ()
+    cut = write(tmp_path, [file.lines[:2] + file.lines[5:]])
+    problem = verify(cut, KEY).problem
+    assert problem is not None
+    assert problem.kind == "deleted"
