@@ -645,7 +645,7 @@ def verify(
     """
     paths = sorted((Path(f) for f in files), key=_first_seq)
     st = _State(paths, key)
-    where = ("-", 0)
+    where = (str(paths[-1]), 0) if paths else ("-", 0)  # an empty file says where, too
     problem: Problem | None = None
     for path in paths:
         boundary = True

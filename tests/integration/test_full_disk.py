@@ -22,9 +22,11 @@ from agent.chain import generate_key
 from tests.integration.conftest import (
     DnsProcess,
     DnsUpstream,
+    Rsyslog,
     dns_start,
     dns_write_config,
     fill,
+    needs_rsyslog,
 )
 
 pytestmark = pytest.mark.integration
@@ -141,3 +143,41 @@ def test_a_full_disk_under_a_chained_file_verifies_as_a_declared_loss(
     lost = [line for line in verified.stdout.splitlines() if ": lost: records seq " in line]
     assert len(lost) == 1, verified.stdout
     assert "intact, with losses" in verified.stdout
+
+
+@needs_rsyslog
+def test_a_loss_the_disk_never_took_back_verifies_against_the_collectors_head(
+    dns_upstream: DnsUpstream, tmp_path: Path, small_disk: Path, rsyslog: Rsyslog
+) -> None:
+    """The records file's disk is full, the collector (a real rsyslog) takes every record,
+    and the gateway stops before space comes back. The head it ships at the end names what
+    the file missed, so `logs verify --head` against the collector's output reports a loss
+    (exit 3), not a cut tail or a torn line."""
+    key = tmp_path / "chain.key"
+    generate_key(key)
+    extra = (f"\n  chain_key_file: {key}\n  syslog: 127.0.0.1:{rsyslog.port}"
+             f"\n  spool_dir: {tmp_path / 'spool'}")  # fmt: skip
+    config = records_config(tmp_path, small_disk / "records.jsonl", extra)
+    filler = fill(small_disk, leave=6000)
+    output: list[str] = []
+    server, reader = start(config, dns_upstream, output)
+    try:
+        for n in range(100):
+            blocked(server.port, f"lost{n}.blocked.test")
+        time.sleep(0.5)
+    finally:
+        stop(server, reader)
+    filler.unlink()
+    got = rsyslog.records(101)  # the 100 records and the head shipped at the end
+    names = [r["dns"]["question"]["name"] for r in got if "dns" in r]  # type: ignore[index]
+    assert names == [f"lost{n}.blocked.test" for n in range(100)]
+    head = [r for r in got if r["event"]["action"] == "chain-head"][-1]  # type: ignore[index]
+    assert head["aupguard"]["chain_head"]["lost"], head  # type: ignore[index]
+    verified = subprocess.run(
+        [sys.executable, "-m", "agent", "logs", "verify", "--key", str(key), "--head",
+         str(rsyslog.out), str(small_disk / "records.dns.jsonl")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 3, verified.stdout + verified.stderr
+    assert ": lost: records seq " in verified.stdout
+    assert "reaches the shipped head" in verified.stdout

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,92 +26,14 @@ from agent.rotation import rotated_files
 from agent.shipping import Spool, SpoolFull, SyslogSink, record_sinks, tls_context
 from agent.writer import RecordWriter
 from tests import pki
-from tests.integration.conftest import fill, jsonl
-
-RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
-pytestmark = pytest.mark.integration
-needs_rsyslog = pytest.mark.skipif(
-    not Path(RSYSLOGD).exists(),
-    reason="LOUD SKIP: rsyslogd is not installed (apt-get install rsyslog); "
-    "the collector integration tests did not run",
+from tests.integration.conftest import (
+    Rsyslog,
+    fill,
+    free_port,
+    needs_rsyslog,
 )
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Rsyslog:
-    """A private rsyslogd: imtcp on a loopback port, every message's MSG to one file."""
-
-    def __init__(self, tmp: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
-        self.tmp, self.port = tmp, free_port()
-        self.out = tmp / "received.log"
-        (tmp / "work").mkdir()
-        self.conf = tmp / "rsyslog.conf"
-        driver, stream = "", ""
-        if tls is not None:  # RFC 5425: the gtls driver (Debian rsyslog-gnutls)
-            ca, cert, key = tls
-            driver = (f' DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{ca}"'
-                      f' DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}"')  # fmt: skip
-            stream = ' StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon"'
-        self.conf.write_text(f"""
-global(workDirectory="{tmp / "work"}" maxMessageSize="64k"{driver})
-main_queue(queue.type="Direct")
-module(load="imtcp"{stream})
-template(name="msgonly" type="string" string="%msg%\\n")
-ruleset(name="records") {{
-  action(type="omfile" file="{self.out}" template="msgonly" flushOnTXEnd="on" asyncWriting="off")
-}}
-input(type="imtcp" address="127.0.0.1" port="{self.port}" ruleset="records")
-""")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        pid = self.tmp / "rsyslogd.pid"
-        pid.unlink(missing_ok=True)
-        with (self.tmp / "rsyslogd.err").open("ab") as err:
-            self.proc = subprocess.Popen(
-                [RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(pid)],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            except OSError:
-                time.sleep(0.05)
-            else:
-                return
-        raise RuntimeError((self.tmp / "rsyslogd.err").read_text())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-        self.proc = None
-
-    def records(self, expect: int, timeout: float = 30) -> list[dict[str, object]]:
-        """The records rsyslog has written so far, waiting (bounded) for `expect` of them."""
-        deadline = time.monotonic() + timeout
-        got: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
-            got = jsonl(self.out)
-            if len(got) >= expect:
-                break
-            time.sleep(0.1)
-        return got
-
-
-@pytest.fixture
-def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
-    server = Rsyslog(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+pytestmark = pytest.mark.integration
 
 
 def record(i: int) -> dict[str, object]:
