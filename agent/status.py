@@ -56,6 +56,7 @@ class Status:
     expiring: list[str]
     holiday_years: list[int]
     spool_depth: float | None = None
+    records: RecordsHealth | None = None  # from the running services' metrics
     warnings: list[str] = field(default_factory=list)
 
 
@@ -127,9 +128,12 @@ def collect(config: Config, now: float, state: dict[str, Any] | None) -> Status:
         elif item.age_days is not None and item.age_days > STALE_LIST_DAYS:
             status.warnings.append(f"list {item.source}: not updated for {item.age_days:.0f} days")
     if state is not None and config.metrics.listen:
-        status.spool_depth = spool_depth(config.metrics.listen)
+        status.records = records_health(config.metrics.listen)
+        status.spool_depth = status.records.spool_depth if status.records else None
     if status.spool_depth:
         status.warnings.append(f"{status.spool_depth:.0f} records wait in the syslog spool")
+    if status.records is not None:
+        status.warnings += status.records.warnings()
     if state is None:
         status.warnings.append(f"not running (no live state file in {runtime_dir()})")
     elif state.get("revision") != config.revision:
@@ -137,18 +141,58 @@ def collect(config: Config, now: float, state: dict[str, Any] | None) -> Status:
     return status
 
 
-def spool_depth(listen: str) -> float | None:
-    """Records waiting in the services' syslog spools, read from our own metrics endpoint."""
+@dataclass(frozen=True, slots=True)
+class RecordsHealth:
+    """What the running services' metrics say about their records since they started."""
+
+    spool_depth: float = 0.0  # waiting in the syslog spools
+    dropped: dict[str, float] = field(default_factory=dict)  # lost, by stage
+    sink_errors: dict[str, float] = field(default_factory=dict)  # failed sink calls, by sink
+    unconfirmed: float = 0.0  # sent on a dead connection, not spooled again
+
+    def warnings(self) -> list[str]:
+        """What an admin must look at: any record lost or at risk since the start."""
+        found = []
+        if total := sum(self.dropped.values()):
+            found.append(f"{total:.0f} records dropped since the services started "
+                         f"({_by(self.dropped)}): see the records-dropped records")  # fmt: skip
+        if total := sum(self.sink_errors.values()):
+            found.append(f"{total:.0f} failed writes to record sinks ({_by(self.sink_errors)}):"
+                         " a full disk? see records.sink_failed in the log")  # fmt: skip
+        if self.unconfirmed:
+            found.append(f"{self.unconfirmed:.0f} records sent on a collector connection that "
+                         "died could not be spooled again (unconfirmed)")  # fmt: skip
+        return found
+
+
+def _by(counts: dict[str, float]) -> str:
+    return ", ".join(f"{label} {value:.0f}" for label, value in sorted(counts.items()) if value)
+
+
+def records_health(listen: str) -> RecordsHealth | None:
+    """The records figures of our own metrics endpoint; None when it does not answer."""
     url = f"http://{listen}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=2) as reply:
             text = reply.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return None
+    depth, unconfirmed = 0.0, 0.0
+    dropped: dict[str, float] = {}
+    errors: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
+        totals = [x for x in family.samples if x.name.endswith("_total") or family.type == "gauge"]
         if family.name == "aupguard_records_spool_depth":
-            return sum(sample.value for sample in family.samples)
-    return 0.0
+            depth = sum(x.value for x in totals)
+        elif family.name == "aupguard_records_unconfirmed":
+            unconfirmed = sum(x.value for x in totals)
+        elif family.name == "aupguard_records_dropped":
+            for x in totals:
+                dropped[x.labels.get("stage", "")] = x.value
+        elif family.name == "aupguard_record_sink_errors":
+            for x in totals:
+                errors[x.labels.get("sink", "")] = x.value
+    return RecordsHealth(depth, dropped, errors, unconfirmed)
 
 
 def render(status: Status) -> str:

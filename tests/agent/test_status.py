@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from agent import status
 from agent.config import load_config
@@ -129,16 +129,31 @@ def test_render_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert out["policy_revision"].startswith("sha256:")
 
 
-def test_spool_depth_read_from_the_metrics_endpoint() -> None:
-    """status reads the records waiting in the syslog spool from the loopback metrics endpoint."""
+def test_records_health_read_from_the_metrics_endpoint() -> None:
+    """status reads the spool depth, drops, sink errors and unconfirmed records from the
+    loopback metrics endpoint, and warns about each that is not zero."""
     registry = CollectorRegistry()
     Gauge("aupguard_records_spool_depth", "test", registry=registry).set(42)
+    dropped = Counter("aupguard_records_dropped", "test", ["stage"], registry=registry)
+    dropped.labels("queue").inc(3)
+    dropped.labels("spool").inc(0)
+    errors = Counter("aupguard_record_sink_errors", "test", ["sink"], registry=registry)
+    errors.labels("RotatingFileSink").inc(2)
+    Counter("aupguard_records_unconfirmed", "test", registry=registry).inc(1)
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     try:
         port = server.server_address[1]
-        assert status.spool_depth(f"127.0.0.1:{port}") == 42
+        health = status.records_health(f"127.0.0.1:{port}")
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
-    assert status.spool_depth(f"127.0.0.1:{port}") is None  # nothing listens any more
+    assert health == status.RecordsHealth(42, {"queue": 3, "spool": 0}, {"RotatingFileSink": 2}, 1)
+    assert [w.split(" (")[0].split(":")[0] for w in health.warnings()] == [
+        "3 records dropped since the services started",
+        "2 failed writes to record sinks",
+        "1 records sent on a collector connection that died could not be spooled again",
+    ]
+    assert "queue 3)" in health.warnings()[0]
+    assert status.RecordsHealth(5).warnings() == []  # a spool alone is warned about elsewhere
+    assert status.records_health(f"127.0.0.1:{port}") is None  # nothing listens any more
