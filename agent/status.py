@@ -55,7 +55,6 @@ class Status:
     lists: list[ListStatus]
     expiring: list[str]
     holiday_years: list[int]
-    spool_depth: float | None = None
     records: RecordsHealth | None = None  # from the running services' metrics
     warnings: list[str] = field(default_factory=list)
 
@@ -129,9 +128,6 @@ def collect(config: Config, now: float, state: dict[str, Any] | None) -> Status:
             status.warnings.append(f"list {item.source}: not updated for {item.age_days:.0f} days")
     if state is not None and config.metrics.listen:
         status.records = records_health(config.metrics.listen)
-        status.spool_depth = status.records.spool_depth if status.records else None
-    if status.spool_depth:
-        status.warnings.append(f"{status.spool_depth:.0f} records wait in the syslog spool")
     if status.records is not None:
         status.warnings += status.records.warnings()
     if state is None:
@@ -153,6 +149,8 @@ class RecordsHealth:
     def warnings(self) -> list[str]:
         """What an admin must look at: any record lost or at risk since the start."""
         found = []
+        if self.spool_depth:
+            found.append(f"{self.spool_depth:.0f} records wait in the syslog spool")
         if total := sum(self.dropped.values()):
             found.append(f"{total:.0f} records dropped since the services started "
                          f"({_by(self.dropped)}): see the records-dropped records")  # fmt: skip
@@ -216,8 +214,8 @@ def render(status: Status) -> str:
             )
     else:
         out.append("running  no")
-    if status.spool_depth is not None:
-        out.append(f"spool    {status.spool_depth:.0f} records waiting for the collector")
+    if status.records is not None:
+        out.append(f"spool    {status.records.spool_depth:.0f} records waiting for the collector")
     out.append(f"holidays {', '.join(map(str, status.holiday_years)) or 'none'}")
     for item in status.lists:
         entries = "missing" if item.entries is None else f"{item.entries} entries"
