@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from agent.cli import COMMANDS, command
 from agent.config import load_config
+from agent.errors import AupguardError
 from agent.logs import configure_logging, get_logger
 
 if TYPE_CHECKING:
@@ -157,19 +158,40 @@ class Supervisor:
         self.signal_all(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in self.children:
-            if child.proc is None:
-                continue
-            try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("child_killed", service=child.name, pid=child.proc.pid)
-                child.proc.kill()
-                child.proc.wait()
-            log.info("child_stopped", service=child.name, code=child.proc.returncode)
+            _wait_stopped(child, deadline)
+
+    def restart(self, name: str, argv: list[str], listen: tuple[str, ...]) -> None:
+        """Stop the child `name` and start it again as `argv` (its settings changed).
+
+        Not counted as a restart after a crash. One waiting to be restarted after a crash
+        just gets the new argv.
+        """
+        child = next(c for c in self.children if c.name == name)
+        if child.proc is not None:
+            child.proc.send_signal(signal.SIGTERM)
+            _wait_stopped(child, time.monotonic() + STOP_TIMEOUT)
+            _forget_metrics(child.proc.pid)
+            child.proc = None
+        child.argv, child.listen = argv, listen
+        if not child.failed:
+            self.start(child)
 
     def pids(self) -> dict[str, int | None]:
         """Child name -> pid (None while waiting to restart)."""
         return {c.name: (c.proc.pid if c.proc else None) for c in self.children}
+
+
+def _wait_stopped(child: Child, deadline: float) -> None:
+    """Wait until `deadline` for a signalled child to exit, then SIGKILL it."""
+    if child.proc is None:
+        return
+    try:
+        child.proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        log.warning("child_killed", service=child.name, pid=child.proc.pid)
+        child.proc.kill()
+        child.proc.wait()
+    log.info("child_stopped", service=child.name, code=child.proc.returncode)
 
 
 # --- sd_notify ----------------------------------------------------------------------------
@@ -275,7 +297,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _write_state(state, config, sup)
     sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=running {len(children)} services")
     try:
-        code = _loop(sup, flags, state, config)
+        code = _loop(sup, flags, state, config, lambda old: _reload(sup, old, args, available))
     finally:
         sd_notify("STOPPING=1")
         sup.stop()
@@ -314,16 +336,21 @@ def _install_handlers() -> dict[str, bool]:
     return flags
 
 
-def _loop(sup: Supervisor, flags: dict[str, bool], state: Path, config: Config) -> int:
-    """Poll children every TICK until asked to stop (0) or all failed (1); forward reloads."""
+def _loop(
+    sup: Supervisor,
+    flags: dict[str, bool],
+    state: Path,
+    config: Config,
+    reload: Callable[[Config], Config],
+) -> int:
+    """Poll children every TICK until asked to stop (0) or all failed (1); apply reloads."""
     ping = watchdog_interval()
     last_ping = 0.0
     while not flags["stop"]:
         if flags["reload"]:
             flags["reload"] = False
             sd_notify("RELOADING=1")
-            log.info("reload_forwarded", children=sup.pids())
-            sup.signal_all(signal.SIGHUP, min_age=FRESH)
+            config = reload(config)
             sup.last_reload = time.time()
             _write_state(state, config, sup)
             sd_notify("READY=1")
@@ -339,6 +366,36 @@ def _loop(sup: Supervisor, flags: dict[str, bool], state: Path, config: Config) 
             last_ping = time.monotonic()
         time.sleep(TICK)
     return 0
+
+
+def _reload(
+    sup: Supervisor, config: Config, args: argparse.Namespace, available: set[str]
+) -> Config:
+    """Apply a SIGHUP: restart the DNS filter if its settings changed, signal the others.
+
+    The DNS filter builds its listeners, upstreams, cache and answers at start, so a changed
+    `dns:` section restarts it (a gap of about a second; clients ask again) instead of
+    waiting for the next restart of everything; a child started just now is not signalled.
+    The config read here is what the state file then shows. One that does not load is left
+    to the children, which keep their policy and say why.
+    """
+    try:
+        fresh = load_config(config.files[0])
+    except (AupguardError, OSError, ValueError):
+        log.info("reload_forwarded", children=sup.pids())
+        sup.signal_all(signal.SIGHUP, min_age=FRESH)
+        return config
+    planned = {c.name: c for c in plan_children(fresh, args, available)}
+    running = {c.name for c in sup.children}
+    if fresh.dns != config.dns and "dns" in planned and "dns" in running:
+        log.info("child_restarting", service="dns", reason="the dns section changed")
+        sup.restart("dns", planned["dns"].argv, planned["dns"].listen)
+    elif fresh.dns.enabled != config.dns.enabled:
+        log.warning("reload_needs_restart", sections=["dns.enabled"],
+                    detail="restart aupguard run to start or stop the DNS filter")  # fmt: skip
+    log.info("reload_forwarded", children=sup.pids())
+    sup.signal_all(signal.SIGHUP, min_age=FRESH)
+    return fresh
 
 
 def _write_state(path: Path, config: Config, sup: Supervisor) -> None:

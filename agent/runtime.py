@@ -12,7 +12,7 @@ import gc
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,16 +51,16 @@ def settle_gc(young: int | None = None) -> None:
         gc.set_threshold(young, 20, 20)
 
 
-def restart_only_changes(old: Config, new: Config) -> list[str]:
-    """The sections whose changes a reload does not apply (a restart does).
+def restart_only_changes(old: Config, new: Config, sections: Iterable[str]) -> list[str]:
+    """Which of `sections` changed in ways a reload does not apply (a restart does).
 
-    The DNS filter's listeners and modes, and where records go: the writer is built at
-    start. The notice, also under `records:`, is reloaded.
+    `dns`: the DNS filter's listeners and modes. `records`: where records go (the writer
+    is built at start); the notice, also under `records:`, is reloaded.
     """
     changed = []
-    if old.dns != new.dns:
+    if "dns" in sections and old.dns != new.dns:
         changed.append("dns")
-    if replace(old.records, notice=new.records.notice) != new.records:
+    if "records" in sections and replace(old.records, notice=new.records.notice) != new.records:
         changed.append("records")
     return changed
 
@@ -68,8 +68,15 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
 class Runtime:
     """Holds the current Engine; `engine` is read lock-free on every decision."""
 
-    def __init__(self, config_path: Path | None, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path | None,
+        engine: Engine | None = None,
+        *,
+        restart_only: tuple[str, ...] = ("dns", "records"),
+    ) -> None:
         self.config_path = config_path
+        self.restart_only = restart_only  # sections of this service a reload cannot apply
         self.engine = engine if engine is not None else Engine.load(config_path)
         self.loaded_at = time.time()
         self.reloads = 0
@@ -100,7 +107,7 @@ class Runtime:
             self.last_error = None
         log.info("reloaded", revision=fresh.revision, previous=old.revision,
                  lists_version=fresh.lists_version, previous_lists=old.lists_version)  # fmt: skip
-        if pending := restart_only_changes(old.config, fresh.config):
+        if pending := restart_only_changes(old.config, fresh.config, self.restart_only):
             log.warning("reload_needs_restart", sections=pending,
                         detail="these settings take effect on restart; policy, lists and the "
                         "notice were reloaded")  # fmt: skip

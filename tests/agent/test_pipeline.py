@@ -225,20 +225,25 @@ def test_records_name_the_lists_a_list_only_reload_brings(config_path: Path) -> 
     assert after["aupguard"]["lists_version"] != before["aupguard"]["lists_version"]
 
 
+DNS_FILTER, PROXY = ("dns", "records"), ("records",)  # what each service cannot reload
+
+
 @pytest.mark.parametrize(
-    ("edit", "pending"),
+    ("edit", "restart_only", "pending"),
     [
-        ('  notice: {text: "We monitor all use."}', []),  # the notice is reloaded
-        ('  notice: {text: "We monitor."}\n  file: /var/log/aupguard/r.jsonl', ["records"]),
-        ('  notice: {text: "We monitor."}\ndns:\n  block_ttl: 5', ["dns"]),
+        ('  notice: {text: "We monitor all use."}', DNS_FILTER, []),  # the notice is reloaded
+        ('  notice: {text: "We monitor."}\n  file: /var/log/aupguard/r.jsonl', PROXY, ["records"]),
+        ('  notice: {text: "We monitor."}\ndns:\n  block_ttl: 5', DNS_FILTER, ["dns"]),
+        ('  notice: {text: "We monitor."}\ndns:\n  block_ttl: 5', PROXY, []),  # not its own
     ],
 )
 def test_a_reload_says_which_changes_wait_for_a_restart(
-    config_path: Path, edit: str, pending: list[str]
+    config_path: Path, edit: str, restart_only: tuple[str, ...], pending: list[str]
 ) -> None:
     """SIGHUP applies policy, lists and notice; where records go and the DNS filter's
-    settings need a restart, and the log says so instead of implying they took effect."""
-    runtime = Runtime(config_path)
+    settings need a restart, and the log says so instead of implying they took effect.
+    Each service speaks only of its own: the proxy said `dns` too."""
+    runtime = Runtime(config_path, restart_only=restart_only)
     text = config_path.read_text()
     config_path.write_text(text.replace('  notice: {text: "We monitor."}', edit))
     with capture_logs() as logs:
