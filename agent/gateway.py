@@ -382,9 +382,7 @@ def _reload(
     try:
         fresh = load_config(config.files[0])
     except (AupguardError, OSError, ValueError):
-        log.info("reload_forwarded", children=sup.pids())
-        sup.signal_all(signal.SIGHUP, min_age=FRESH)
-        return config
+        fresh = config
     planned = {c.name: c for c in plan_children(fresh, args, available)}
     running = {c.name for c in sup.children}
     if fresh.dns != config.dns and "dns" in planned and "dns" in running:
