@@ -37,6 +37,18 @@ def jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
 
 
+def wait_jsonl(path: Path, want: int, timeout: float, step: float = 0.1) -> list[dict[str, Any]]:
+    """`jsonl(path)` once it holds `want` records, or whatever it holds after `timeout`."""
+    deadline = time.monotonic() + timeout
+    got: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        got = jsonl(path)
+        if len(got) >= want:
+            break
+        time.sleep(step)
+    return got
+
+
 # --- DNS: a small upstream ------------------------------------------------------------------
 
 # name -> zone-file lines answered for it (every qtype gets the lines of its type, or NODATA)
@@ -377,16 +389,9 @@ input(type="imtcp" address="127.0.0.1" port="{self.port}" ruleset="records")
             self.proc.wait(10)
         self.proc = None
 
-    def records(self, expect: int, timeout: float = 30) -> list[dict[str, object]]:
+    def records(self, expect: int, timeout: float = 30) -> list[dict[str, Any]]:
         """The records rsyslog has written so far, waiting (bounded) for `expect` of them."""
-        deadline = time.monotonic() + timeout
-        got: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
-            got = jsonl(self.out)
-            if len(got) >= expect:
-                break
-            time.sleep(0.1)
-        return got
+        return wait_jsonl(self.out, expect, timeout)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 
 from tests import pki
-from tests.integration.conftest import jsonl
+from tests.integration.conftest import wait_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
@@ -201,14 +201,7 @@ class Proxy:
 
     def read_records(self, want: int, timeout: float = 5.0) -> list[dict]:
         """Poll the records file until it holds `want` records (bounded wait)."""
-        deadline = time.monotonic() + timeout
-        got: list[dict] = []
-        while time.monotonic() < deadline:
-            got = jsonl(self.records)
-            if len(got) >= want:
-                break
-            time.sleep(0.05)
-        return got
+        return wait_jsonl(self.records, want, timeout, step=0.05)
 
     def wait_record(self, match: Callable[[dict], bool], timeout: float = 5.0) -> dict:
         """The first record `match` accepts, polled for at most `timeout` s (writes are async)."""
