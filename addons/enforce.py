@@ -89,8 +89,8 @@ class Enforce:
             settings = EnforcerSettings.from_config(engine.config)
         except (AupguardError, OSError, ValueError) as e:
             raise _refuse(f"aup_policy: {value!r}: {e}") from e
-        # the dns section is the DNS filter's (`aupguard run` restarts it when it changes)
-        runtime = self.runtime = Runtime(path, engine=engine, restart_only=("records",))
+        # the proxy section is parsed once (EnforcerSettings); dns is the DNS filter's own
+        runtime = self.runtime = Runtime(path, engine=engine, restart_only=("proxy", "records"))
         self.enforcer = Enforcer(runtime, settings, self._write, _proxyserver)
         pages = cert_errors.CertErrorPages(
             self.enforcer.pages, lambda: runtime.engine, self._write, SECURITY_HEADERS

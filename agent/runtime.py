@@ -54,12 +54,15 @@ def settle_gc(young: int | None = None) -> None:
 def restart_only_changes(old: Config, new: Config, sections: Iterable[str]) -> list[str]:
     """Which of `sections` changed in ways a reload does not apply (a restart does).
 
-    `dns`: the DNS filter's listeners and modes. `records`: where records go (the writer
-    is built at start); the notice, also under `records:`, is reloaded.
+    `dns`: the DNS filter's listeners and modes. `proxy`: the proxy's settings, parsed at
+    its start (pages, throttling, decrypt exceptions, listeners). `records`: where records
+    go (the writer is built at start); the notice, also under `records:`, is reloaded.
     """
     changed = []
     if "dns" in sections and old.dns != new.dns:
         changed.append("dns")
+    if "proxy" in sections and old.proxy != new.proxy:
+        changed.append("proxy")
     if "records" in sections and replace(old.records, notice=new.records.notice) != new.records:
         changed.append("records")
     return changed

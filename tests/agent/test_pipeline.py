@@ -225,7 +225,7 @@ def test_records_name_the_lists_a_list_only_reload_brings(config_path: Path) -> 
     assert after["aupguard"]["lists_version"] != before["aupguard"]["lists_version"]
 
 
-DNS_FILTER, PROXY = ("dns", "records"), ("records",)  # what each service cannot reload
+DNS_FILTER, PROXY = ("dns", "records"), ("proxy", "records")  # what each cannot reload
 
 
 @pytest.mark.parametrize(
@@ -235,14 +235,17 @@ DNS_FILTER, PROXY = ("dns", "records"), ("records",)  # what each service cannot
         ('  notice: {text: "We monitor."}\n  file: /var/log/aupguard/r.jsonl', PROXY, ["records"]),
         ('  notice: {text: "We monitor."}\ndns:\n  block_ttl: 5', DNS_FILTER, ["dns"]),
         ('  notice: {text: "We monitor."}\ndns:\n  block_ttl: 5', PROXY, []),  # not its own
+        ('  notice: {text: "We monitor."}\nproxy:\n  warn_minutes: 5', PROXY, ["proxy"]),
+        ('  notice: {text: "We monitor."}\nproxy:\n  warn_minutes: 5', DNS_FILTER, []),
     ],
 )
 def test_a_reload_says_which_changes_wait_for_a_restart(
     config_path: Path, edit: str, restart_only: tuple[str, ...], pending: list[str]
 ) -> None:
-    """SIGHUP applies policy, lists and notice; where records go and the DNS filter's
-    settings need a restart, and the log says so instead of implying they took effect.
-    Each service speaks only of its own: the proxy said `dns` too."""
+    """SIGHUP applies policy, lists and notice; where records go and the DNS filter's and
+    the proxy's settings need a restart, and the log says so instead of implying they took
+    effect. Each service speaks only of its own: the proxy said `dns`, and nothing of its
+    own section, which it parses once at start."""
     runtime = Runtime(config_path, restart_only=restart_only)
     text = config_path.read_text()
     config_path.write_text(text.replace('  notice: {text: "We monitor."}', edit))
