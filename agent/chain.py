@@ -231,20 +231,29 @@ class ChainSink:
         failed = _call_each(self._sinks, lambda sink: sink.write_lines(out))
         if not failed:  # every sink took the declaration (also of a sink since renamed)
             self._lost.clear()
-        for index, (name, kind) in enumerate(self._names):
-            if index not in failed:
-                self._lost.pop(name, None)
-            elif out:
-                since = self._lost[name].first if name in self._lost else first
-                self._lost[name] = Missed(name, since, seq - 1, kind)
-        if failed and self._state is not None and (head := self.head) is not None:
-            try:
-                self._state.save(head)  # the files now lag the chain: a restart must know
-            except OSError as e:  # raised with the sinks' failures
-                failed[len(self._sinks)] = e
+        elif out:
+            self._missed(failed, first, seq - 1)
         _raise(failed)
         if self._clock() - self._last_ship >= self._interval:
             self.flush()  # the files first: a shipped head never runs ahead of them
+
+    def _missed(self, failed: dict[int, Exception], first: int, last: int) -> None:
+        """Note seqs `first`..`last` as missed by the failed sinks; save the head.
+
+        The other sinks are clear. The files now lag the chain, and a restart must know: a
+        failed save joins `failed`, to be raised with the sinks' failures.
+        """
+        for index, (name, kind) in enumerate(self._names):
+            if index not in failed:
+                self._lost.pop(name, None)
+            else:
+                since = self._lost[name].first if name in self._lost else first
+                self._lost[name] = Missed(name, since, last, kind)
+        if self._state is not None and (head := self.head) is not None:
+            try:
+                self._state.save(head)
+            except OSError as e:
+                failed[len(self._sinks)] = e
 
     def ship_head(self) -> None:
         """Send the current head to the head sinks (once per new head)."""
