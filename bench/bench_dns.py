@@ -98,24 +98,23 @@ def upstream_main(port: int) -> None:
 def floor_main(port: int) -> None:
     """The least a Python DNS server does per datagram: the floor peer.
 
-    The filter's own UDP loop (`UdpServer.readable`) without deciding anything: read a run of
-    datagrams on uvloop (when installed) and answer each with NXDOMAIN, id and question
-    echoed. Its qps and p99 are what this VM allows any Python server in the same run, so
-    that the gap between it and aupguard is the filter's work, and the rest the VM's.
+    The filter's own UDP loop (`UdpServer.readable` on `agent.datagrams`) without deciding
+    anything: read a run of datagrams on uvloop (when installed) and answer each with
+    NXDOMAIN, id and question echoed. Its qps and p99 are what this VM allows any Python
+    server in the same run, so that the gap between it and aupguard is the filter's work,
+    and the rest the VM's.
     """
+    from agent.datagrams import open_datagrams  # noqa: PLC0415  (only the floor's process)
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((HOST, port))
     sock.setblocking(False)
-    buffer = memoryview(bytearray(4097))
+    datagrams = open_datagrams(sock, 64, 4096)
 
     def readable() -> None:
-        for _ in range(64):
-            try:
-                size, addr = sock.recvfrom_into(buffer)
-            except BlockingIOError:
-                return
-            query = buffer[:size].tobytes()
-            sock.sendto(query[:2] + b"\x81\x83" + query[4:], addr)
+        replies = [(slot, q[:2] + b"\x81\x83" + q[4:]) for slot, q, _ in datagrams.receive()]
+        if replies:
+            datagrams.send(replies)
 
     async def run() -> None:
         asyncio.get_running_loop().add_reader(sock.fileno(), readable)
