@@ -29,6 +29,8 @@ MAX_HOSTS = 4096  # sender addresses remembered as text; spoofed floods only cle
 class Datagrams(Protocol):
     """A listening UDP socket read and answered a run at a time."""
 
+    io: str  # the system calls used, for `dns_ready`: "recvmmsg" or "recvfrom"
+
     def receive(self) -> Received:
         """The datagrams waiting, up to a run; [] when none (never blocks)."""
         ...
@@ -57,6 +59,8 @@ def open_datagrams(sock: socket.socket, run: int, max_size: int) -> Datagrams:
 
 class PlainDatagrams(Datagrams):
     """One `recvfrom_into` per datagram and one `sendto` per reply: works everywhere."""
+
+    io = "recvfrom"
 
     def __init__(self, sock: socket.socket, run: int, max_size: int) -> None:
         self.sock = sock
@@ -152,6 +156,8 @@ class BatchedDatagrams(Datagrams):
     send slots, and one that does not fit a slot goes out with its own `sendto`. A datagram
     longer than `max_size` (it fills its slot) is dropped, as `PlainDatagrams` drops it.
     """
+
+    io = "recvmmsg"
 
     def __init__(
         self, sock: socket.socket, run: int, max_size: int, calls: tuple[Any, Any]

@@ -629,10 +629,11 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
     core = DnsFilter(settings, runtime, recorder)
     tcp = TcpServer(core, settings.section)
     closers: list[Any] = []
-    bound = []
+    bound, udp_io = [], set()
     for host, port in settings.listen:
         udp, server, actual = await _bind(core, tcp, host, port)
         closers += [udp, server]
+        udp_io.add(udp.datagrams.io)
         bound.append(f"[{host}]:{actual}" if ":" in host else f"{host}:{actual}")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -649,6 +650,7 @@ async def serve(settings: Settings, runtime: Runtime) -> None:
         lists_version=runtime.engine.lists_version,
         records=str(settings.section.records),
         block_mode=str(settings.section.block_mode),
+        udp_io=sorted(udp_io),
     )
     await stop.wait()
     for closer in closers:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import platform
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -82,6 +84,12 @@ def records(server: DnsProcess, name: str) -> list[dict]:
             break
         time.sleep(0.05)
     return out
+
+
+def test_ready_line_says_how_udp_is_read(dns_server: DnsProcess) -> None:
+    """On Linux with glibc a run of datagrams is one system call each way (`datagrams`)."""
+    batched = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    assert dns_server.ready["udp_io"] == (["recvmmsg"] if batched else ["recvfrom"])
 
 
 @pytest.mark.parametrize(
