@@ -173,7 +173,6 @@ class BatchedDatagrams(Datagrams):
         self.name_size = name
         self.host_bytes = _HOST_BYTES[sock.family]
         self.hosts: dict[bytes, str] = {}
-        size, words = ctypes.sizeof(_MMsgHdr), ctypes.sizeof(_MMsgHdr) // 8
 
         self.in_data = (ctypes.c_char * (run * slot))()
         self.in_names = (ctypes.c_char * (run * name))()
@@ -199,18 +198,20 @@ class BatchedDatagrams(Datagrams):
         self.in_headers_addr = ctypes.addressof(self.in_headers)
         self.out_headers_addr = ctypes.addressof(self.out_headers)
         self.in_names_addr = ctypes.addressof(self.in_names)
-        self.header_size = size
+        self.header_size = header = ctypes.sizeof(_MMsgHdr)
         # the kernel writes each header's namelen and len back: reset from this copy per run
         self.pristine = bytes(self.in_headers)
         self.in_headers_view = memoryview(self.in_headers).cast("B")
         self.in_view = memoryview(self.in_data).cast("B")
         self.names_view = memoryview(self.in_names).cast("B")
         self.out_view = memoryview(self.out_data).cast("B")
-        # msg_len of each received header; msg_name of each send header; iov_len of each iov
-        self.lengths = self.in_headers_view.cast("I")[_MMsgHdr.len.offset // 4 :: size // 4]
+        # each received header's msg_len, each send header's msg_name and its iovec's iov_len,
+        # as strided views: one index per datagram instead of a ctypes attribute lookup
+        self.lengths = self.in_headers_view.cast("I")[_MMsgHdr.len.offset // 4 :: header // 4]
         out_words = memoryview(self.out_headers).cast("B").cast("Q")
-        self.out_names = out_words[_MsgHdr.name.offset // 8 :: words]
-        self.out_lengths = memoryview(self.out_iov).cast("B").cast("Q")[1::2]
+        self.out_names = out_words[_MsgHdr.name.offset // 8 :: header // 8]
+        iov_words = memoryview(self.out_iov).cast("B").cast("Q")
+        self.out_lengths = iov_words[_IoVec.len.offset // 8 :: ctypes.sizeof(_IoVec) // 8]
 
     @override
     def receive(self) -> Received:
